@@ -1,0 +1,53 @@
+"""Shared fixtures. Tiny models are built once per machine (cached under $WORKBENCH_HOME) and once per session here.
+
+vLLM runs in-process on CPU with a 1 GiB KV cache, as the tests need; nothing is downloaded (HF_HUB_OFFLINE).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def vllm_installed() -> bool:
+    from workbench.generation.backends import vllm_available
+
+    return vllm_available()
+
+
+needs_vllm = pytest.mark.skipif(not vllm_installed(), reason="vllm is not installed (make test installs it)")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> str:
+    from workbench.models import resolve_model
+
+    return resolve_model("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert() -> str:
+    from workbench.models import resolve_model
+
+    return resolve_model("tiny-bert")
+
+
+def run_cli(*args, cwd=REPO, check=True, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess (as a user would)."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "workbench", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env=full_env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"workbench {' '.join(map(str, args))} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
+    return proc

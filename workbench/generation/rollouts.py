@@ -1,0 +1,148 @@
+"""`workbench generate rollouts`: n policy samples per prompt, as resumable Parquet shards.
+
+Reads top to bottom: load prompts -> drop (and count) empty and over-long prompts -> for each pending unit of
+``shard_size`` prompts, generate ``n`` samples each and write the unit's shard -> write the manifest last.
+
+Row schema: ``prompt_id, prompt, sample_idx, completion, reference, finish_reason, num_tokens, logprob, model,
+backend``. ``prompt`` is the user message exactly as the policy saw it (template applied); the manifest records
+``chat`` and ``system_prompt`` so later stages can rebuild the conversation.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from workbench.config import register_job
+from workbench.generation.backends import BackendConfig, SamplingConfig
+from workbench.generation.prompts import PromptRecord, PromptSourceConfig, load_prompts
+from workbench.generation import shards
+from workbench.sections import RunConfig
+
+ROLLOUT_COLUMNS = ["prompt_id", "prompt", "sample_idx", "completion", "reference", "finish_reason", "num_tokens",
+                   "logprob", "model", "backend"]
+
+
+@dataclass
+class ShardingConfig:
+    """The unit of resume. Ranks are an execution detail, not part of the recipe: they come from the
+    accelerate/torchrun or SLURM-array environment, or from `--rank/--world-size` on the command line."""
+
+    shard_size: int = 32  # prompts per shard
+
+
+@register_job("rollouts")
+@dataclass
+class RolloutsConfig(RunConfig):
+    model: str = "smollm2-135m-instruct"
+    prompts: PromptSourceConfig = field(default_factory=PromptSourceConfig)
+    template: str = "{prompt}"  # the user message; {prompt} is the source's prompt text
+    system_prompt: str | None = None
+    chat: bool = True  # render through the tokenizer's chat template
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+
+    def validate(self):
+        if "{prompt}" not in self.template:
+            raise ValueError("template must contain {prompt}")
+
+
+def build_messages(user: str, chat: bool = True, system_prompt: str | None = None):
+    """A plain string when ``chat`` is off; else [system?, user] messages for the tokenizer's chat template."""
+    if not chat:
+        return user
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return msgs + [{"role": "user", "content": user}]
+
+
+def _filter_prompts(cfg: RolloutsConfig, records: list[PromptRecord]) -> tuple[list[PromptRecord], dict]:
+    """The stated rule: empty prompts and prompts with len(tokens) + max_tokens > max_model_len are skipped, counted."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from workbench.generation.backends import render_prompts
+    from workbench.models import resolve_model
+
+    path = resolve_model(cfg.model)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.backend.trust_remote_code)
+    max_len = cfg.backend.max_model_len or int(getattr(
+        AutoConfig.from_pretrained(path, trust_remote_code=cfg.backend.trust_remote_code),
+        "max_position_embeddings", 2048))
+    kept, skipped = [], {"empty": 0, "too_long": 0}
+    for r in records:
+        if not r.prompt.strip():
+            skipped["empty"] += 1
+            continue
+        text = render_prompts(tok, [build_messages(cfg.template.format(prompt=r.prompt), cfg.chat, cfg.system_prompt)])[0]
+        if len(tok(text, add_special_tokens=False)["input_ids"]) + cfg.sampling.max_tokens > max_len:
+            skipped["too_long"] += 1
+            continue
+        kept.append(r)
+    return kept, {"max_model_len": max_len, **skipped}
+
+
+def run(cfg: RolloutsConfig, overwrite: bool = False, part: shards.Partition | None = None) -> dict:
+    from workbench.config import to_dict
+    from workbench.generation.backends import make_backend
+    from workbench.runs import open_run
+
+    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
+    out = run_.path / "rollouts"
+    if shards.read_manifest(out):
+        print(f"[rollouts] {out} is complete; nothing to do", file=sys.stderr)
+        return shards.read_manifest(out)
+    part = part or shards.Partition.from_env()
+    records, skipped = _filter_prompts(cfg, load_prompts(cfg.prompts))
+    if skipped["empty"] or skipped["too_long"]:
+        print(f"[rollouts] skipped {skipped['empty']} empty prompt(s) and {skipped['too_long']} prompt(s) longer "
+              f"than max_model_len {skipped['max_model_len']} - max_tokens {cfg.sampling.max_tokens}", file=sys.stderr)
+    if not records:
+        from workbench.errors import DataError
+
+        raise DataError(f"{cfg.prompts.path or cfg.prompts.task}: no usable prompts ({skipped})")
+
+    backend = None
+    if shards.pending_units(out, len(records), cfg.sharding.shard_size, part):
+        backend = make_backend(cfg.model, cfg.backend, seed=cfg.seed)
+
+    def process(chunk: list[PromptRecord]):
+        users = [cfg.template.format(prompt=r.prompt) for r in chunk]
+        results = backend.generate([build_messages(u, cfg.chat, cfg.system_prompt) for u in users], cfg.sampling)
+        rows, ntok = [], 0
+        for r, user, samples in zip(chunk, users, results):
+            for j, s in enumerate(samples):
+                ntok += len(s.token_ids)
+                rows.append({"prompt_id": r.prompt_id, "prompt": user, "sample_idx": j, "completion": s.text,
+                             "reference": r.reference, "finish_reason": s.finish_reason,
+                             "num_tokens": len(s.token_ids), "logprob": s.logprob, "model": cfg.model,
+                             "backend": backend.name})
+        return rows, ntok
+
+    stats = shards.run_units(records, cfg.sharding.shard_size, out, part, process, desc="rollouts",
+                             samples_per_item=cfg.sampling.n)
+    if stats["units_run"]:
+        run_.log_metrics({f"throughput/{k}": v for k, v in stats.items()}, rank=part.rank)
+        print(f"[rollouts] rank {part.rank}/{part.world_size}: {stats['samples']} samples, {stats['tokens']} tokens "
+              f"in {stats['seconds']:.1f}s = {stats['samples_per_s']:.2f} samples/s, "
+              f"{stats['tokens_per_s']:.1f} tok/s", file=sys.stderr)
+    return finalize(cfg, run_, records, skipped)
+
+
+def finalize(cfg: RolloutsConfig, run_, records, skipped) -> dict:
+    out = run_.path / "rollouts"
+    units = shards.num_units(len(records), cfg.sharding.shard_size)
+    if not shards.all_units_present(out, len(records), cfg.sharding.shard_size):
+        print(f"[rollouts] this rank is done; other ranks' shards are still missing. The last rank to finish writes "
+              f"the manifest (or run `workbench generate merge --config ...`).", file=sys.stderr)
+        return {"complete": False}
+    expected = [min(cfg.sharding.shard_size, len(records) - k * cfg.sharding.shard_size) * cfg.sampling.n
+                for k in range(units)]
+    manifest = shards.finalize(out, expected, {
+        "job": "rollouts", "model": cfg.model, "num_prompts": len(records), "n": cfg.sampling.n,
+        "skipped": skipped, "columns": ROLLOUT_COLUMNS, "chat": cfg.chat, "system_prompt": cfg.system_prompt,
+        "template": cfg.template})
+    run_.mark_done({"rows": manifest["num_rows"], "prompts": len(records)})
+    print(f"[rollouts] complete: {manifest['num_rows']} rows in {len(manifest['shards'])} shard(s) -> {out}",
+          file=sys.stderr)
+    return manifest
+

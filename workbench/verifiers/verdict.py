@@ -1,0 +1,106 @@
+"""One verdict type for every consumer of a verifier.
+
+Rollout scoring, the GRPO reward and the reasoning eval all ask the same question ("is this completion
+right, and how right?"), so they share :class:`Verdict` and :class:`Verifier`: a reward curve and an eval
+number computed from the same rollouts can then never disagree about what counted as correct.
+
+Verifiers register themselves by name (``@register_verifier("math")``) so recipes can name them as strings.
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from workbench.errors import WorkbenchError
+
+__all__ = ["Verdict", "Verifier", "VERIFIERS", "register_verifier", "get_verifier", "UnknownVerifierError"]
+
+
+@dataclass
+class Verdict:
+    """The outcome of checking one completion against one reference.
+
+    ``score`` is in [0, 1] (partial credit where the task has it); ``passed`` is the binary decision the
+    eval reports. ``details`` always carries ``extracted`` (the answer read from the completion, as a
+    string, or None when nothing could be read) and ``reason`` (a short human string: why it passed or
+    failed), so a surprising reward can be traced back without re-running the verifier.
+    """
+
+    score: float
+    passed: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.score = float(self.score)
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"Verdict.score must be in [0, 1], got {self.score}")
+        self.details.setdefault("extracted", None)
+        self.details.setdefault("reason", "")
+
+    @property
+    def extracted(self) -> str | None:
+        return self.details["extracted"]
+
+    @property
+    def reason(self) -> str:
+        return self.details["reason"]
+
+
+class Verifier(ABC):
+    """Base class: subclasses set ``name`` and implement :meth:`verify`.
+
+    ``verify_batch`` loops by default; a verifier that can amortise work across a batch (a model judge,
+    say) overrides it. Verifiers must be safe to call from worker threads.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def verify(self, prompt: str, completion: str, reference: str) -> Verdict:
+        """Judge ``completion`` (the model's answer to ``prompt``) against ``reference``."""
+
+    def verify_batch(
+        self, prompts: Sequence[str], completions: Sequence[str], references: Sequence[str]
+    ) -> list[Verdict]:
+        if not len(prompts) == len(completions) == len(references):
+            raise ValueError(
+                f"verify_batch needs equally long lists, got {len(prompts)} prompts, "
+                f"{len(completions)} completions, {len(references)} references"
+            )
+        return [self.verify(p, c, r) for p, c, r in zip(prompts, completions, references)]
+
+
+class UnknownVerifierError(WorkbenchError, ValueError):
+    """A recipe names a verifier that is not registered."""
+
+
+VERIFIERS: dict[str, type[Verifier]] = {}
+
+
+def register_verifier(name: str):
+    """Class decorator: ``@register_verifier("math")`` makes ``get_verifier("math")`` build the class."""
+
+    def deco(cls: type[Verifier]) -> type[Verifier]:
+        if name in VERIFIERS and VERIFIERS[name] is not cls:
+            raise ValueError(f"verifier {name!r} is already registered to {VERIFIERS[name].__name__}")
+        cls.name = name
+        VERIFIERS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_verifier(name: str, **options: Any) -> Verifier:
+    """Build the verifier registered as ``name``; ``options`` go to its constructor."""
+    try:
+        cls = VERIFIERS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, VERIFIERS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownVerifierError(
+            f"unknown verifier {name!r}{hint}; known verifiers: {', '.join(sorted(VERIFIERS))}"
+        ) from None
+    return cls(**options)
