@@ -115,7 +115,7 @@ def test_hedging_is_only_judged_on_the_final_answer(verifier, completion):
 
 @pytest.mark.parametrize("completion, reason", [
     ("", "empty completion"), ("   \n ", "empty completion"), (None, "empty completion"),
-    ("I have no idea.", "no answer found"), ("####", "unparseable answer"), (r"\boxed{x}", "unparseable answer"),
+    ("I have no idea.", "no answer found"), ("####", "no answer found"), (r"\boxed{x}", "unparseable answer"),
     ("#### 41", "wrong answer"), ("#### 42", "correct"),
 ])
 def test_reasons(verifier, completion, reason):
@@ -216,3 +216,12 @@ def test_verdict_invariants():
         Verdict(1.5, True)
     with pytest.raises(ValueError):
         Verdict(-0.1, False)
+
+
+def test_reasoning_gym_json_reference_uses_its_answer():
+    from workbench.verifiers.math import MathVerifier
+    from workbench.verifiers.reasoning_gym import entry_to_reference
+
+    ref = entry_to_reference({"question": "What is 6 * 7?", "answer": "42", "metadata": {"x": 1}})
+    v = MathVerifier()
+    assert v.verify("q", "#### 42", ref).passed and not v.verify("q", "#### 41", ref).passed

@@ -80,8 +80,25 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from workbench.config import load_recipe
+    from workbench.verifiers import job
+
+    job.run(load_recipe(args.config, args.overrides, job="verify"), overwrite=args.overwrite)
+    return 0
+
+
+def cmd_pairs(args) -> int:
+    from workbench.config import load_recipe
+    from workbench.data import pairs
+
+    pairs.run(load_recipe(args.config, args.overrides, job="pairs"), overwrite=args.overwrite)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="workbench", description="contrast-workbench: generate -> verify -> pairs/lists "
+                                     "-> train -> eval, for preference optimisation and contrastive fine-tuning.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -104,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "merge":
             _add_partition_args(g)
         g.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("verify", help="score rollouts with a verifier (math, reasoning_gym, judge, rollout_aware)")
+    _add_recipe_args(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("pairs", help="build TRL preference pairs from verdicts (with prompt pruning)")
+    _add_recipe_args(p)
+    p.set_defaults(func=cmd_pairs)
     return parser
 
 

@@ -3,4 +3,6 @@
 The stage modules keep heavy imports (torch, vllm, trl) inside functions, so this import is cheap.
 """
 
-import workbench.generation.jobs  # noqa: F401
+from workbench.data import pairs  # noqa: F401
+from workbench.generation import documents, rollouts  # noqa: F401
+from workbench.verifiers import job as verify_job  # noqa: F401

@@ -126,14 +126,26 @@ class Run:
 
 
 def open_run(output_dir: str | Path, config: dict, overwrite: bool = False, quiet: bool = False) -> Run:
-    """Create, resume or refuse a run folder for ``config`` (the resolved recipe as a plain dict)."""
+    """Create, resume or refuse a run folder for ``config`` (the resolved recipe as a plain dict).
+
+    Serialised by a lock file beside the folder, so ranks of one multi-process job agree on what they found.
+    """
+    import fcntl
+
     path = Path(output_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _open_run(path, config, overwrite, quiet)
+
+
+def _open_run(path: Path, config: dict, overwrite: bool, quiet: bool) -> Run:
     say = (lambda *a: None) if quiet else (lambda msg: print(f"[run] {msg}", file=sys.stderr))
     cfg_file = path / "config.yaml"
     run = Run(path, config)
     if cfg_file.exists():
         old = yaml.safe_load(cfg_file.read_text()) or {}
-        if run.done and old == config:
+        if run.done and old == config and not overwrite:
             run.resumed = True
             say(f"{path} holds this run, finished; nothing to redo (pass --overwrite to run it anew)")
             return run
@@ -145,8 +157,8 @@ def open_run(output_dir: str | Path, config: dict, overwrite: bool = False, quie
                     f"or choose another run_name/output_dir.")
             say(f"overwriting the finished run in {path} (--overwrite)")
             shutil.rmtree(path)
-        elif old != config:
-            diff = _diff_keys(old, config)
+        elif old != config or overwrite:
+            diff = _diff_keys(old, config) or ["none"]
             if not overwrite:
                 raise RunError(
                     f"{path} holds an unfinished run with a different config (keys differ: {', '.join(diff)}). "

@@ -121,7 +121,7 @@ def _reasoning_gym(cfg: PromptSourceConfig) -> list[PromptRecord]:
         ds = reasoning_gym.create_dataset(cfg.task, size=cfg.size + cfg.offset, seed=cfg.seed, **cfg.task_config)
     except Exception as e:  # reasoning_gym raises plain ValueError/TypeError/KeyError for bad names/config
         raise DataError(f"reasoning_gym task {cfg.task!r} with task_config {cfg.task_config}: {e}") from None
-    return [PromptRecord(f"{cfg.task}-{cfg.seed}-{i}", entry["question"], entry_to_reference(cfg.task, entry))
+    return [PromptRecord(f"{cfg.task}-{cfg.seed}-{i}", entry["question"], entry_to_reference(entry))
             for i, entry in enumerate(ds)]
 
 

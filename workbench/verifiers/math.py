@@ -137,8 +137,11 @@ def last_boxed(text: str) -> str | None:
 
 
 def hash_answer(text: str) -> str | None:
-    """The rest of the line after the last ``####``, or None."""
-    matches = list(_HASH.finditer(text))
+    """The rest of the line after the last ``####`` that has something after it, or None.
+
+    A bare ``####`` with nothing after it on its line is a formatting slip, not an answer: the next rule decides.
+    """
+    matches = [m for m in _HASH.finditer(text) if m.group(1).strip()]
     return matches[-1].group(1) if matches else None
 
 
@@ -361,7 +364,8 @@ def _reference_value_cached(reference: str):
 
 
 def reference_value(reference) -> sympy.Expr:
-    """The numeric value of a reference (a bare value, or a GSM8K answer whose final line is ``#### x``).
+    """The numeric value of a reference (a bare value, a GSM8K answer whose final line is ``#### x``, or a
+    reasoning-gym entry stored as JSON, whose ``answer`` is used).
 
     Raises :class:`~workbench.errors.DataError` when it is not a number.
     """
@@ -369,6 +373,16 @@ def reference_value(reference) -> sympy.Expr:
         reference = str(reference)
     if not isinstance(reference, str) or not reference.strip():
         raise DataError(f"math verifier: reference must be a non-empty string, got {reference!r}")
+    if reference.lstrip().startswith("{"):
+        # A reasoning-gym entry stored as JSON (see reasoning_gym.entry_to_reference): its gold is `answer`.
+        import json
+
+        try:
+            entry = json.loads(reference)
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict) and "answer" in entry:
+            reference = str(entry["answer"])
     return _reference_value_cached(reference)
 
 

@@ -1,0 +1,124 @@
+"""On-disk cache of corpus representations: ``$WORKBENCH_HOME/cache/embeddings/<key>.npy`` (dense) / ``.npz`` (sparse).
+
+The key hashes everything the vectors depend on: the model fingerprint (:func:`workbench.models.model_fingerprint`,
+which changes when the weights or config change), the corpus (every doc id and text, in order) and the encoder
+settings (kind, max length, pooling, prompts, ...). A changed model, corpus or setting gives a new key, so a stale
+cache is never reused; old entries are simply never read again.
+
+Encoding is resumable: the corpus is encoded in parts of :data:`PART_SIZE` documents, each part saved atomically in
+``<key>.parts/`` as soon as it is done; a killed run re-encodes only the part it was in. The parts are joined into
+the final file (written via temp + rename, so a reader never sees half an array) and then removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+PART_SIZE = 8192  # documents per resumable part; larger than small corpora, so they encode in one call
+
+
+def cache_dir() -> Path:
+    from workbench.models import workbench_home
+
+    return workbench_home() / "cache" / "embeddings"
+
+
+def corpus_hash(ids: list[str], texts: list[str]) -> str:
+    """sha256 over every (id, text) pair in order; NUL separators keep ("ab","c") and ("a","bc") apart."""
+    h = hashlib.sha256()
+    for i, t in zip(ids, texts):
+        h.update(i.encode("utf-8") + b"\0" + t.encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def cache_key(model_fingerprint: str, corpus_sha: str, settings: dict) -> str:
+    blob = json.dumps({"model": model_fingerprint, "corpus": corpus_sha, "settings": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _atomic_save(path: Path, save: Callable[[object], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        save(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _load(path: Path):
+    """The cached array, or None if absent or unreadable (a damaged entry is re-encoded, with a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix == ".npz":
+            import scipy.sparse
+
+            return scipy.sparse.load_npz(path).tocsr()
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        print(f"[cache] {path} is unreadable ({e}); encoding again", file=sys.stderr)
+        return None
+
+
+def _save(path: Path, arr) -> None:
+    if path.suffix == ".npz":
+        import scipy.sparse
+
+        _atomic_save(path, lambda fh: scipy.sparse.save_npz(fh, arr, compressed=False))
+    else:
+        _atomic_save(path, lambda fh: np.save(fh, np.ascontiguousarray(arr), allow_pickle=False))
+
+
+def cached_encode(key: str, texts: list[str], encode: Callable[[list[str]], object], sparse: bool = False,
+                  use_cache: bool = True, meta: dict | None = None) -> tuple[object, bool]:
+    """Return ``(encode(texts), hit)``, from the cache when the key is there.
+
+    ``encode`` maps a list of texts to a (n, dim) float32 array (or a scipy CSR matrix when ``sparse``); it is
+    called on parts of :data:`PART_SIZE` texts, and the parts are stacked in order.
+    """
+    if not use_cache:
+        return _encode_parts(texts, encode, sparse, None), False
+    ext = ".npz" if sparse else ".npy"
+    final = cache_dir() / f"{key}{ext}"
+    got = _load(final)
+    if got is not None and got.shape[0] == len(texts):
+        return got, True
+    parts = cache_dir() / f"{key}.parts"
+    out = _encode_parts(texts, encode, sparse, parts)
+    _save(final, out)
+    if meta is not None:
+        _atomic_save(cache_dir() / f"{key}.json", lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
+    shutil.rmtree(parts, ignore_errors=True)
+    return out, False
+
+
+def _encode_parts(texts: list[str], encode, sparse: bool, parts: Path | None):
+    ext = ".npz" if sparse else ".npy"
+    chunks = []
+    n_parts = (len(texts) + PART_SIZE - 1) // PART_SIZE
+    for k in range(n_parts):
+        part_texts = texts[k * PART_SIZE:(k + 1) * PART_SIZE]
+        # A single part is written straight to the final file: saving it twice buys no resume.
+        path = parts / f"part-{k:05d}{ext}" if parts is not None and n_parts > 1 else None
+        arr = _load(path) if path is not None else None
+        if arr is None or arr.shape[0] != len(part_texts):
+            if n_parts > 1:
+                print(f"[cache] encoding part {k + 1}/{n_parts} ({len(part_texts)} texts)", file=sys.stderr)
+            arr = encode(part_texts)
+            if path is not None:
+                _save(path, arr)
+        chunks.append(arr)
+    if sparse:
+        import scipy.sparse
+
+        return scipy.sparse.vstack(chunks, format="csr")
+    return np.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0]

@@ -1,0 +1,135 @@
+"""`workbench verify`: add verdict columns to rollout shards, resumably.
+
+Each input shard ``shard-k`` of a finished rollouts job becomes output ``shard-k`` with the rollout columns plus
+``score, passed, verifier, details`` (``details`` is a JSON string: extracted answer, reason, and the verifier's own
+fields). One verifier object scores every row; the same objects serve as GRPO rewards and in the reasoning eval.
+
+Rows whose reference the verifier cannot read (a non-numeric reference for ``math``) are kept, marked
+``passed=False`` with ``details.skipped`` giving the reason, and counted in the manifest; the pairs stage ignores them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.config import register_job
+from workbench.errors import DataError
+from workbench.generation import shards
+from workbench.generation.rollouts import ROLLOUT_COLUMNS
+from workbench.sections import RunConfig
+
+VERDICT_COLUMNS = ["score", "passed", "verifier", "details"]
+
+
+@dataclass
+class VerifierConfig:
+    name: str = "math"  # math | reasoning_gym | judge | rollout_aware | any registered verifier
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the verifier's constructor
+
+    def build(self):
+        from workbench.verifiers import get_verifier
+
+        return get_verifier(self.name, **self.options)
+
+
+@register_job("verify")
+@dataclass
+class VerifyConfig(RunConfig):
+    input_dir: str = ""  # a rollouts run folder (or its rollouts/ subfolder)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+
+    def validate(self):
+        if not self.input_dir:
+            raise ValueError("input_dir is required: the rollouts run folder to verify")
+
+
+def rollouts_folder(path: str | Path) -> Path:
+    p = Path(path)
+    return p / "rollouts" if (p / "rollouts").is_dir() else p
+
+
+def _check_columns(path: Path, columns: list[str]) -> None:
+    missing = [c for c in ROLLOUT_COLUMNS if c not in columns]
+    if missing:
+        raise DataError(f"{path}: rollout shard lacks column(s) {missing}; it has {columns}. "
+                        "verify reads the output of `workbench generate rollouts` (schema: "
+                        f"{', '.join(ROLLOUT_COLUMNS)}).")
+
+
+def score_rows(verifier, rows: list[dict]) -> tuple[list[dict], dict]:
+    """Verdict columns for rows (in one batch, so judge-based verifiers make one backend call)."""
+    counts = {"skipped": {}, "empty_completion": sum(1 for r in rows if not (r["completion"] or "").strip())}
+    todo, out = list(range(len(rows))), [None] * len(rows)
+    try:
+        verdicts = verifier.verify_batch([rows[i]["prompt"] for i in todo], [rows[i]["completion"] for i in todo],
+                                         [rows[i]["reference"] for i in todo])
+    except DataError:
+        verdicts = None  # some reference is bad: score row by row to find and count exactly which
+    for k, i in enumerate(todo):
+        r = rows[i]
+        if verdicts is not None:
+            v = verdicts[k]
+            details = dict(v.details)
+            score, passed = v.score, v.passed
+        else:
+            try:
+                v = verifier.verify(r["prompt"], r["completion"], r["reference"])
+                details, score, passed = dict(v.details), v.score, v.passed
+            except DataError as e:
+                counts["skipped"]["invalid reference"] = counts["skipped"].get("invalid reference", 0) + 1
+                details, score, passed = {"extracted": None, "reason": f"skipped: {e}", "skipped": str(e)}, 0.0, False
+        out[i] = {**r, "score": float(score), "passed": bool(passed), "verifier": verifier.name,
+                  "details": json.dumps(details, default=str)}
+    return out, counts
+
+
+def run(cfg: VerifyConfig, overwrite: bool = False) -> dict:
+    import pyarrow.parquet as pq
+
+    from workbench.config import to_dict
+    from workbench.runs import open_run
+
+    src = rollouts_folder(cfg.input_dir)
+    src_manifest = shards.require_complete(src, "rollouts")
+    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
+    out = run_.path / "verdicts"
+    if shards.read_manifest(out):
+        print(f"[verify] {out} is complete; nothing to do", file=sys.stderr)
+        return shards.read_manifest(out)
+    inputs = [src / s["file"] for s in src_manifest["shards"]]
+    for p in inputs:
+        _check_columns(p, pq.ParquetFile(p).schema_arrow.names)
+    verifier = cfg.verifier.build()
+
+    def process(chunk: list[Path]):
+        scored, _ = score_rows(verifier, pq.read_table(chunk[0]).to_pylist())
+        return scored, 0
+
+    shards.run_units(inputs, 1, out, shards.Partition(), process, desc="verify",
+                     samples_per_item=max(1, src_manifest["num_rows"] // max(1, len(inputs))))
+    # Counted from the output rows (not this invocation's counters), so a resumed job reports every shard.
+    rows = shards.read_rows(out, columns=["passed", "score", "details", "completion"])
+    n_skipped = sum(1 for r in rows if "skipped" in json.loads(r["details"]))
+    stats = {"rows": len(rows), "passed": sum(r["passed"] for r in rows),
+             "empty_completions": sum(1 for r in rows if not (r["completion"] or "").strip()),
+             "mean_score": sum(r["score"] for r in rows) / max(1, len(rows)), "skipped_rows": n_skipped,
+             **_verifier_stats(verifier)}
+    manifest = shards.finalize(out, [s["rows"] for s in src_manifest["shards"]], {
+        "job": "verify", "verifier": cfg.verifier.name, "verifier_options": cfg.verifier.options,
+        "input": str(src), "columns": ROLLOUT_COLUMNS + VERDICT_COLUMNS, "chat": src_manifest.get("chat", True),
+        "system_prompt": src_manifest.get("system_prompt"), "stats": stats})
+    run_.log_metrics({f"verify/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+    run_.mark_done(stats)
+    print(f"[verify] {stats['passed']}/{stats['rows']} passed (mean score {stats['mean_score']:.3f}); "
+          f"{n_skipped} row(s) skipped with a reason -> {out}", file=sys.stderr)
+    return manifest
+
+
+def _verifier_stats(verifier) -> dict:
+    """Counters a verifier keeps (e.g. the judge's malformed outputs), so they reach the manifest and report."""
+    stats = getattr(verifier, "stats", None)
+    return {f"verifier_{k}": v for k, v in stats.items()} if isinstance(stats, dict) else {}
