@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -64,7 +65,7 @@ def _load(path: Path):
 
             return scipy.sparse.load_npz(path).tocsr()
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         print(f"[cache] {path} is unreadable ({e}); encoding again", file=sys.stderr)
         return None
 
@@ -78,47 +79,58 @@ def _save(path: Path, arr) -> None:
         _atomic_save(path, lambda fh: np.save(fh, np.ascontiguousarray(arr), allow_pickle=False))
 
 
-def cached_encode(key: str, texts: list[str], encode: Callable[[list[str]], object], sparse: bool = False,
-                  use_cache: bool = True, meta: dict | None = None) -> tuple[object, bool]:
-    """Return ``(encode(texts), hit)``, from the cache when the key is there.
+def _file(folder: Path, stem: str, name: str, kind: str) -> Path:
+    ext = ".npz" if kind == "sparse" else ".npy"
+    return folder / (f"{stem}{ext}" if name == "dense" else f"{stem}.{name}{ext}")
 
-    ``encode`` maps a list of texts to a (n, dim) float32 array (or a scipy CSR matrix when ``sparse``); it is
-    called on parts of :data:`PART_SIZE` texts, and the parts are stacked in order.
+
+def cached_encode(key: str, texts: list[str], encode: Callable[[list[str]], dict], kinds: dict[str, str],
+                  use_cache: bool = True, meta: dict | None = None) -> tuple[dict, bool]:
+    """Return ``(encode(texts), hit)``, from the cache when every array of the key is there.
+
+    ``encode`` maps a list of texts to ``{name: array}``: a (n, dim) float32 array for ``kinds[name] == "dense"``,
+    a scipy CSR (n, vocab) matrix for ``"sparse"``. It is called on parts of :data:`PART_SIZE` texts and the parts
+    are stacked in order. Files: ``<key>.npy`` for the array named ``dense``, ``<key>.<name>.npy|.npz`` for others.
     """
     if not use_cache:
-        return _encode_parts(texts, encode, sparse, None), False
-    ext = ".npz" if sparse else ".npy"
-    final = cache_dir() / f"{key}{ext}"
-    got = _load(final)
-    if got is not None and got.shape[0] == len(texts):
+        return _encode_parts(texts, encode, kinds, None), False
+    folder = cache_dir()
+    got = {name: _load(_file(folder, key, name, kind)) for name, kind in kinds.items()}
+    if all(a is not None and a.shape[0] == len(texts) for a in got.values()):
         return got, True
-    parts = cache_dir() / f"{key}.parts"
-    out = _encode_parts(texts, encode, sparse, parts)
-    _save(final, out)
+    parts = folder / f"{key}.parts"
+    out = _encode_parts(texts, encode, kinds, parts)
+    for name, kind in kinds.items():
+        _save(_file(folder, key, name, kind), out[name])
     if meta is not None:
-        _atomic_save(cache_dir() / f"{key}.json", lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
+        _atomic_save(folder / f"{key}.json", lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
     shutil.rmtree(parts, ignore_errors=True)
     return out, False
 
 
-def _encode_parts(texts: list[str], encode, sparse: bool, parts: Path | None):
-    ext = ".npz" if sparse else ".npy"
-    chunks = []
+def _encode_parts(texts: list[str], encode, kinds: dict[str, str], parts: Path | None) -> dict:
+    chunks: dict[str, list] = {name: [] for name in kinds}
     n_parts = (len(texts) + PART_SIZE - 1) // PART_SIZE
     for k in range(n_parts):
         part_texts = texts[k * PART_SIZE:(k + 1) * PART_SIZE]
-        # A single part is written straight to the final file: saving it twice buys no resume.
-        path = parts / f"part-{k:05d}{ext}" if parts is not None and n_parts > 1 else None
-        arr = _load(path) if path is not None else None
-        if arr is None or arr.shape[0] != len(part_texts):
+        # A single part goes straight to the final files: saving it twice buys no resume.
+        keep = parts is not None and n_parts > 1
+        files = {name: _file(parts, f"part-{k:05d}", name, kind) for name, kind in kinds.items()} if keep else {}
+        got = {name: _load(f) for name, f in files.items()}
+        if not keep or any(a is None or a.shape[0] != len(part_texts) for a in got.values()):
             if n_parts > 1:
                 print(f"[cache] encoding part {k + 1}/{n_parts} ({len(part_texts)} texts)", file=sys.stderr)
-            arr = encode(part_texts)
-            if path is not None:
-                _save(path, arr)
-        chunks.append(arr)
-    if sparse:
-        import scipy.sparse
+            got = encode(part_texts)
+            for name, f in files.items():
+                _save(f, got[name])
+        for name in kinds:
+            chunks[name].append(got[name])
+    out = {}
+    for name, kind in kinds.items():
+        if kind == "sparse":
+            import scipy.sparse
 
-        return scipy.sparse.vstack(chunks, format="csr")
-    return np.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0]
+            out[name] = scipy.sparse.vstack(chunks[name], format="csr")
+        else:
+            out[name] = np.concatenate(chunks[name], axis=0) if len(chunks[name]) > 1 else chunks[name][0]
+    return out

@@ -40,7 +40,7 @@ def _chunked_topk(score_block: Callable[[int, int, int, int], "object"], n_queri
             else:
                 merged_s = torch.cat([best_s, s_top], dim=1)  # (Qb, k + k')
                 merged_i = torch.cat([best_i, i_top], dim=1)
-                best_s, pos = torch.topk(merged_s, k, dim=1)  # (Qb, k)
+                best_s, pos = torch.topk(merged_s, min(k, merged_s.shape[1]), dim=1)  # (Qb, k)
                 best_i = torch.gather(merged_i, 1, pos)
         all_scores.append(best_s.float().cpu().numpy())
         all_idx.append(best_i.cpu().numpy())
@@ -70,7 +70,8 @@ def _import_faiss():
     except ImportError:
         raise WorkbenchError(
             "search.backend: faiss needs the faiss-cpu package, which is not installed. Install it with "
-            "pip install 'contrast-workbench[faiss]' (or pip install faiss-cpu), or set search.backend=exact.") from None
+            "pip install 'contrast-workbench[faiss]' (or pip install faiss-cpu), or set search.backend=exact."
+        ) from None
     return faiss
 
 

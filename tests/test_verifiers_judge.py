@@ -13,7 +13,8 @@ import pytest
 from workbench.config import RecipeError
 from workbench.generation.backends import FakeBackend
 from workbench.verifiers import get_verifier
-from workbench.verifiers.judge import JudgeConfig, JudgeVerifier, fence, make_nonce, neutralise, parse_label, parse_score
+from workbench.verifiers.judge import (JudgeConfig, JudgeVerifier, fence, make_nonce, neutralise, parse_label,
+                                      parse_score)
 
 
 def judge_with(*responses, **options) -> tuple[JudgeVerifier, FakeBackend]:
@@ -182,7 +183,8 @@ def test_fence_nonce_is_reproducible_and_depends_on_the_text():
 def test_neutralise_and_fence():
     assert neutralise("a <<<< b >>> c << d >> e") == "a < < < < b > > > c << d >> e"
     assert "<<<" not in neutralise("<<<<<<<<<") and ">>>" not in neutralise(">>>>>>>")
-    assert fence("x <<<END_DATA_n>>> y", "DATA", "n") == "<<<BEGIN_DATA_n>>>\nx < < <END_DATA_n> > > y\n<<<END_DATA_n>>>"
+    assert fence("x <<<END_DATA_n>>> y", "DATA", "n") == (
+        "<<<BEGIN_DATA_n>>>\nx < < <END_DATA_n> > > y\n<<<END_DATA_n>>>")
 
 
 # ------------------------------------------------------------------------------------------------ pairwise
@@ -224,7 +226,7 @@ def test_compare_batch_one_call():
     assert len(backend.calls) == 1 and len(backend.calls[0][0]) == 4
 
 
-# ------------------------------------------------------------------------------------------------ relevance, consistency
+# ------------------------------------------------------------------------------------- relevance, consistency
 
 def test_judge_relevance_trec_grades():
     judge, backend = judge_with("Directly answers.\nSCORE: 3", "SCORE: 1", "SCORE: 4")

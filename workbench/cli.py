@@ -96,6 +96,18 @@ def cmd_pairs(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from workbench.config import load_recipe
+
+    cfg = load_recipe(args.config, args.overrides, job="train")
+    if cfg.method == "listwise":
+        from workbench.training import embedding as trainer
+    else:
+        from workbench.training import preference as trainer
+    trainer.run(cfg, overwrite=args.overwrite)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="contrast-workbench: generate -> verify -> pairs/lists "
                                      "-> train -> eval, for preference optimisation and contrastive fine-tuning.",
@@ -129,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pairs", help="build TRL preference pairs from verdicts (with prompt pruning)")
     _add_recipe_args(p)
     p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("train", help="train a policy (dpo, hypo, grpo) or an embedding model (listwise); also under "
+                                     "`accelerate launch -m workbench train`")
+    _add_recipe_args(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -30,16 +30,23 @@ class RecipeError(WorkbenchError, ValueError):
     """A recipe (or an override) does not match its schema. The message says where and how to fix it."""
 
 
-JOBS: dict[str, type] = {}
+JOBS: dict[str, type | dict[str, type]] = {}
 
 
-def register_job(name: str):
-    """Class decorator: ``@register_job("rollouts")`` makes ``job: rollouts`` recipes map onto the class."""
+def register_job(name: str, method: str | None = None):
+    """Class decorator: ``@register_job("rollouts")`` makes ``job: rollouts`` recipes map onto the class.
+
+    Jobs with several methods, each with its own schema (``job: train`` with ``method: dpo|hypo|grpo|listwise``),
+    register one class per method: ``@register_job("train", method="dpo")``.
+    """
 
     def deco(cls):
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"{cls.__name__} must be a dataclass")
-        JOBS[name] = cls
+        if method is None:
+            JOBS[name] = cls
+        else:
+            JOBS.setdefault(name, {})[method] = cls
         return cls
 
     return deco
@@ -280,7 +287,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, job: str |
         ctx.fail(("job",), f"unknown job {name!r}.{hint} Known jobs: {', '.join(sorted(JOBS))}")
     if job is not None and name != job:
         ctx.fail(("job",), f"this command runs '{job}' recipes, but the recipe says job: {name}")
-    return _build(JOBS[name], data, (), ctx)
+    cls = JOBS[name]
+    if isinstance(cls, dict):
+        method = data.get("method")
+        if method not in cls:
+            close = difflib.get_close_matches(str(method), list(cls), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            ctx.fail(("method",), f"job {name} needs `method`, one of {', '.join(sorted(cls))}; got {method!r}.{hint}")
+        cls = cls[method]
+    return _build(cls, data, (), ctx)
 
 
 def to_dict(cfg) -> dict:

@@ -6,3 +6,4 @@ The stage modules keep heavy imports (torch, vllm, trl) inside functions, so thi
 from workbench.data import pairs  # noqa: F401
 from workbench.generation import documents, rollouts  # noqa: F401
 from workbench.verifiers import job as verify_job  # noqa: F401
+from workbench.training import preference  # noqa: F401

@@ -69,6 +69,9 @@ def load_qrels(folder: str | Path, split: str) -> dict[str, dict[str, int]]:
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 3:
                 raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(parts)}")
+            for name, value in (("query-id", parts[0]), ("corpus-id", parts[1])):
+                if not value.strip():
+                    raise DataError(f"{path}:{lineno}: field {name!r} is empty")
             try:
                 grade = int(float(parts[2]))
             except ValueError:

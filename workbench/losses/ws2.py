@@ -26,9 +26,9 @@ C_P the (B, N) centred rows scaled by sqrt(c) (so Sigma_P = C_P^T C_P), the non-
 Sigma_P Sigma_Y equal those of the (B, B) symmetric PSD matrix M = (C_P C_Y^T)(C_P C_Y^T)^T, so
 Tr((Sigma_P Sigma_Y)^{1/2}) = sum_k sqrt(lambda_k(M)). Everything after the softmax runs in float64; ``eigvalsh``
 (M is symmetric) replaces the authors' general ``eigvals`` -- same eigenvalues, real by construction. M always has a
-zero eigenvalue (centred rows sum to zero), so sqrt gets ``+eps`` as in the authors' code (finite gradient at 0); we
-also subtract sqrt(eps) per eigenvalue, which removes their constant ~2*B*3e-8 offset (so P == Y gives exactly 0)
-without changing any gradient.
+zero eigenvalue (centred rows sum to zero): the gradient is that of sqrt(lambda + eps), eps = 1e-15, as in the
+authors' code (finite at 0), while the value is sqrt(lambda) exactly -- their value carries a ~2*B*3e-8 offset from
+the eps; ours is exact, so P == Y gives 0 (to rounding).
 
 =========== =========== ==============================================================================
 input       shape       meaning
@@ -53,7 +53,7 @@ from torch import Tensor
 
 from workbench.losses.listwise_base import ListwiseLoss, check_inputs
 
-SQRT_EPS = 1e-15  # the authors' constant, added to each eigenvalue before the square root
+SQRT_EPS = 1e-15  # the authors' constant: the square root's gradient is taken at lambda + eps
 
 
 def gaussian_w2(X: Tensor, Y: Tensor, eps: float = SQRT_EPS) -> Tensor:
@@ -73,7 +73,9 @@ def gaussian_w2(X: Tensor, Y: Tensor, eps: float = SQRT_EPS) -> Tensor:
     A = C_x @ C_y.T  # (B, B)
     M = A @ A.T  # (B, B), symmetric PSD; its eigenvalues are the non-zero ones of Sigma_X Sigma_Y
     lam = torch.linalg.eigvalsh(M).clamp(min=0.0)  # rounding can give -1e-17; sqrt of that would be NaN
-    tr_sqrt = (torch.sqrt(lam + eps) - math.sqrt(eps)).sum()
+    # Value sqrt(lam) exactly; gradient that of sqrt(lam + eps), the authors' (finite at lam = 0).
+    root = torch.sqrt(lam + eps)
+    tr_sqrt = (root - (root - lam.sqrt()).detach()).sum()
     mean_term = (mu_x - mu_y).pow(2).sum()
     trace_term = C_x.pow(2).sum() + C_y.pow(2).sum() - 2.0 * tr_sqrt  # Tr(Sigma) = ||C||_F^2
     return mean_term + trace_term

@@ -160,7 +160,8 @@ def parse_score(text: str, lo: int, hi: int) -> tuple[int | None, str | None]:
 
 
 def parse_label(text: str, key: str, allowed: Sequence[str]) -> tuple[str | None, str | None]:
-    """``(LABEL, None)`` when the last ``key:`` line holds exactly one allowed label (any case), else ``(None, why)``."""
+    """``(LABEL, None)`` when the last ``key:`` line holds exactly one allowed label (any case), else
+    ``(None, why)``."""
     lines = list(_key_line(re.escape(key)).finditer(text or ""))
     if not lines:
         return None, f"no {key}: line"

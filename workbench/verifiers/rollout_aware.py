@@ -22,13 +22,14 @@ The four checks, each reported in ``details``:
    ``n = repetition_n`` (defined in :mod:`workbench.verifiers.repetition`); ``repetitive`` is
    ``repetition_ratio > repetition_threshold``. The default threshold 0.4 sits above every GSM8K train
    reference solution (4-grams: median 0.0, 99th percentile 0.17, max 0.32 over 7,473 solutions) and well
-   below a looping completion (a sentence repeated ten times: 0.87).
+   below a looping completion (one 10-word sentence repeated ten times: 0.90).
 4. **length** -- ``length`` = the number of word tokens; ``length_ok`` is ``min_len <= length <= max_len``
    (no upper bound when ``max_len`` is None).
 
 Score (weights from the config, all >= 0):
 
-    score = (w_acc * accuracy + w_con * c + w_rep * (1 - repetitive) + w_len * length_ok) / (w_acc + w_con + w_rep + w_len)
+    score = (w_acc * accuracy + w_con * c + w_rep * (1 - repetitive) + w_len * length_ok)
+            / (w_acc + w_con + w_rep + w_len)
 
 with ``c`` = 1 if consistent else 0 (malformed -> 0); when the judge is disabled the ``w_con`` terms are
 dropped from numerator and denominator, so the score stays in [0, 1]. ``passed`` is the AND of the checks
@@ -130,7 +131,13 @@ class RolloutAwareVerifier(Verifier):
         self.accuracy = get_verifier(config.accuracy_verifier, **config.accuracy_options)
         self.judge: JudgeVerifier | None = None
         if config.use_judge:
-            self.judge = judge_verifier or JudgeVerifier(backend=judge_backend, config=config.judge)
+            self.judge = (judge_verifier if judge_verifier is not None
+                          else JudgeVerifier(backend=judge_backend, config=config.judge))
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The judge's counters as ``judge_total`` / ``judge_malformed`` / ...; empty when the judge is disabled."""
+        return {f"judge_{k}": v for k, v in self.judge.stats.items()} if self.judge is not None else {}
 
     def verify(self, prompt: str, completion: str, reference: str) -> Verdict:
         return self.verify_batch([prompt], [completion], [reference])[0]
@@ -141,15 +148,21 @@ class RolloutAwareVerifier(Verifier):
             raise ValueError(f"verify_batch needs equally long lists, got {len(prompts)} prompts, "
                              f"{len(completions)} completions, {len(references)} references")
         accuracy = self.accuracy.verify_batch(prompts, completions, references)
+        consistency: list[dict | None] = [None] * len(prompts)
         if self.judge is not None:
-            texts = ["" if c is None else str(c) for c in completions]
-            consistency = self.judge.judge_consistency_batch(list(prompts), texts)  # one generate call
-        else:
-            consistency = [None] * len(prompts)
-        return [self._combine(acc, con, "" if c is None else str(c))
+            # An empty completion has no reasoning to judge: inconsistent without a judge call.
+            todo = [i for i, c in enumerate(completions) if c is not None and str(c).strip()]
+            answers = self.judge.judge_consistency_batch([prompts[i] for i in todo],
+                                                         [str(completions[i]) for i in todo])  # one generate call
+            for i, answer in zip(todo, answers):
+                consistency[i] = answer
+            for i in set(range(len(prompts))) - set(todo):
+                consistency[i] = {"consistent": False, "malformed": False, "parse_error": None, "raw": None,
+                                  "reason": "empty completion"}
+        return [self._combine(acc, con, "" if c is None else str(c), self.judge is not None)
                 for acc, con, c in zip(accuracy, consistency, completions)]
 
-    def _combine(self, acc: Verdict, con: dict | None, completion: str) -> Verdict:
+    def _combine(self, acc: Verdict, con: dict | None, completion: str, judged: bool) -> Verdict:
         cfg = self.config
         tokens = word_tokens(completion)
         ratio = ngram_repetition_ratio(tokens, cfg.repetition_n)
@@ -157,29 +170,34 @@ class RolloutAwareVerifier(Verifier):
         length = len(tokens)
         length_ok = length >= cfg.min_len and (cfg.max_len is None or length <= cfg.max_len)
 
-        if con is None:
+        if not judged:
             consistent, malformed, con_reason, con_raw = None, False, "judge disabled", None
         else:
             consistent, malformed, con_raw = con["consistent"], con["malformed"], con["raw"]
-            con_reason = (f"malformed judge output: {con['parse_error']}" if malformed
-                          else "reasoning supports the answer" if consistent else "reasoning does not support the answer")
+            if "reason" in con:
+                con_reason = con["reason"]
+            elif malformed:
+                con_reason = f"malformed judge output: {con['parse_error']}"
+            else:
+                con_reason = "reasoning supports the answer" if consistent else "reasoning does not support the answer"
 
         # (check -> value in [0, 1]); consistency is absent when the judge is disabled.
         values = {"accuracy": acc.score, "non_repetition": float(not repetitive), "length": float(length_ok)}
-        if con is not None:
+        if judged:
             values["consistency"] = float(bool(consistent))  # malformed (None) counts as inconsistent
         weights = cfg.weights()
         total = sum(weights[k] for k in values)
         score = sum(weights[k] * v for k, v in values.items()) / total
 
         checks = {"accuracy": acc.passed, "non_repetition": not repetitive, "length": length_ok}
-        if con is not None:
+        if judged:
             checks["consistency"] = consistent is True
         failed = [name for name in cfg.require if name in checks and not checks[name]]
         passed = not failed
+        upper = cfg.max_len if cfg.max_len is not None else "inf"
         labels = {"accuracy": f"inaccurate ({acc.reason})", "consistency": f"inconsistent ({con_reason})",
                   "non_repetition": f"repetitive (ratio {ratio:.3f} > {cfg.repetition_threshold})",
-                  "length": f"length {length} outside [{cfg.min_len}, {cfg.max_len if cfg.max_len is not None else 'inf'}]"}
+                  "length": f"length {length} outside [{cfg.min_len}, {upper}]"}
         reason = "passed" if passed else "; ".join(labels[name] for name in failed)
 
         details = {

@@ -1,0 +1,1 @@
+"""Trainers: preference (TRL DPO, HyPO, GRPO) and list-wise embedding (sentence-transformers)."""

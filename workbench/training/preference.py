@@ -1,0 +1,347 @@
+"""`workbench train` for policies: DPO (TRL), HyPO (ours, on TRL's DPOTrainer) and GRPO (TRL).
+
+Reads top to bottom: resolve the model -> load the preference (or prompt) data through ``column_map`` -> build the
+TRL config from the recipe -> build the trainer -> train, resuming from the last checkpoint if the run was killed ->
+save the final model/adapter in Hugging Face format with a model card -> mark the run done.
+
+The same recipe runs on one CPU (``workbench train --config R``) and on many processes/GPUs
+(``accelerate launch [--config_file recipes/accelerate/X.yaml] -m workbench train --config R``): accelerate's
+environment decides the distribution; nothing in the recipe changes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from workbench.config import register_job
+from workbench.errors import DataError
+from workbench.generation.backends import BackendConfig
+from workbench.sections import RunConfig
+from workbench.training.sections import LoraConfig, OptimConfig
+from workbench.verifiers.job import VerifierConfig
+
+PREF_ROLES = ("prompt", "chosen", "rejected")
+TRL_DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
+@dataclass
+class DataConfig:
+    """Training data: a `workbench pairs` run folder, a Parquet/JSONL file or folder, or a `datasets` name."""
+
+    path: str = ""
+    split: str = "train"
+    column_map: dict[str, str] = field(default_factory=dict)  # role -> column
+    eval_path: str | None = None  # held-out data in the same format (e.g. <pairs run>/pairs_test)
+    limit: int | None = None  # keep the first `limit` rows
+
+    def validate(self):
+        if not self.path:
+            raise ValueError("data.path is required")
+
+
+@dataclass
+class DPOSection:
+    beta: float = 0.1
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    loss_weights: list[float] | None = None
+    label_smoothing: float = 0.0
+    ref_model: str | None = None  # default: the initial policy (or, with LoRA, the adapter-disabled base)
+    precompute_ref_log_probs: bool = False
+    max_length: int | None = 1024
+
+    def validate(self):
+        bad = [t for t in self.loss_type if t not in TRL_DPO_LOSSES]
+        if bad:
+            raise ValueError(f"unknown DPO loss_type {bad}; TRL's are: {', '.join(TRL_DPO_LOSSES)}")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError("loss_weights needs one weight per loss_type")
+
+
+@dataclass
+class HyPOSection:
+    """Song et al. 2024: lambda * KL(pi_theta || pi_ref) on k online samples per prompt (see losses/hypo.py)."""
+
+    lam: float = 0.05  # lambda
+    k: int = 2  # samples per prompt (>= 2 for the leave-one-out baseline)
+    sampler: Literal["auto", "hf", "vllm"] = "auto"
+    sync_every: int = 1  # vLLM: push weights every N optimizer steps
+    temperature: float = 1.0  # 1.0 samples pi_theta itself; other values bias the KL estimate
+    max_new_tokens: int = 64
+    vllm: BackendConfig = field(default_factory=lambda: BackendConfig(backend="vllm", cpu_kv_cache_gib=1))
+
+    def validate(self):
+        if self.lam < 0:
+            raise ValueError("lam must be >= 0")
+        if self.k < 1:
+            raise ValueError("k must be >= 1")
+
+
+@dataclass
+class GRPOSection:
+    reward: VerifierConfig = field(default_factory=VerifierConfig)  # any verifier, as the reward function
+    num_generations: int = 4
+    max_completion_length: int = 128
+    temperature: float = 1.0
+    beta: float = 0.0  # TRL's k3 KL penalty (note: its gradient is the forward KL's; see losses/hypo.py)
+    loss_type: str = "dapo"
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+    max_prompt_length: int | None = 512
+
+
+@dataclass
+class PolicyTrainConfig(RunConfig):
+    method: str = ""
+    model: str = "smollm2-135m-instruct"
+    trust_remote_code: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    chat: bool = True  # prompts from the `prompts` role are user messages for the chat template (GRPO)
+
+
+@register_job("train", method="dpo")
+@dataclass
+class DPOTrainConfig(PolicyTrainConfig):
+    dpo: DPOSection = field(default_factory=DPOSection)
+
+
+@register_job("train", method="hypo")
+@dataclass
+class HyPOTrainConfig(PolicyTrainConfig):
+    dpo: DPOSection = field(default_factory=DPOSection)
+    hypo: HyPOSection = field(default_factory=HyPOSection)
+
+
+@register_job("train", method="grpo")
+@dataclass
+class GRPOTrainConfig(PolicyTrainConfig):
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def _read_table(path: str, split: str, where: str):
+    import datasets
+
+    p = Path(path)
+    if p.is_dir() and (p / "pairs" / "manifest.json").exists():  # a `workbench pairs` run folder
+        p = p / "pairs"
+    if p.is_dir() and list(p.glob("shard-*.parquet")):
+        return datasets.load_dataset("parquet", data_files=str(p / "shard-*.parquet"), split="train")
+    if p.is_file() and p.suffix in (".jsonl", ".json"):
+        from workbench.generation.prompts import _read_jsonl
+
+        _read_jsonl(p)  # a clear file:line error for malformed JSON before datasets' own
+        return datasets.load_dataset("json", data_files=str(p), split="train")
+    if p.is_file() and p.suffix == ".parquet":
+        return datasets.load_dataset("parquet", data_files=str(p), split="train")
+    if p.exists():
+        raise DataError(f"{where}: {p} is neither a pairs run folder, a folder of shard-*.parquet, nor a "
+                        ".jsonl/.parquet file")
+    try:
+        return datasets.load_dataset(path, split=split)
+    except Exception as e:
+        raise DataError(f"{where}: {path!r} is not a local file/folder and could not be loaded as a `datasets` "
+                        f"dataset (split {split!r}): {e}") from None
+
+
+def load_role_dataset(data: DataConfig, roles: tuple[str, ...], path: str | None = None):
+    """Load and rename columns to roles via column_map; fail naming the columns present and the fix."""
+    path = path or data.path
+    ds = _read_table(path, data.split, "data.path" if path == data.path else "data.eval_path")
+    cols = ds.column_names
+    rename = {}
+    for role in roles:
+        col = data.column_map.get(role, role)
+        if col not in cols:
+            raise DataError(f"{path}: column {col!r} for role '{role}' not found. Available columns: {cols}. "
+                            f"Set data.column_map.{role}: <column> in the recipe.")
+        if col != role:
+            rename[col] = role
+    if rename:
+        ds = ds.rename_columns(rename)
+    if len(ds) == 0:
+        raise DataError(f"{path}: no rows")
+    if data.limit:
+        ds = ds.select(range(min(data.limit, len(ds))))
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+def load_policy(cfg: PolicyTrainConfig):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workbench.models import resolve_model
+
+    path = resolve_model(cfg.model)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code,
+                              "dtype": torch.bfloat16 if cfg.optim.use_bf16() else torch.float32}
+    if cfg.lora is not None and cfg.lora.quantization != "none":
+        if not torch.cuda.is_available():
+            from workbench.errors import WorkbenchError
+
+            raise WorkbenchError("lora.quantization (QLoRA) needs a CUDA GPU for bitsandbytes; set "
+                                 "lora.quantization: none on CPU")
+        kwargs["quantization_config"] = cfg.lora.quantization_config()
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if cfg.lora is not None and cfg.lora.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    return path, model, tok
+
+
+# ----------------------------------------------------------------------------------------------- trainers
+
+
+def _trl_common(cfg: PolicyTrainConfig, run_dir: Path) -> dict:
+    args = cfg.optim.training_args(str(run_dir / "checkpoints"), cfg.seed)
+    if not cfg.optim.use_bf16():
+        args["use_cpu"] = not __import__("torch").cuda.is_available()
+    return args
+
+
+def _dpo_args(cfg, run_dir: Path):
+    from trl import DPOConfig
+
+    d = cfg.dpo
+    return DPOConfig(**_trl_common(cfg, run_dir), beta=d.beta, loss_type=list(d.loss_type),
+                     loss_weights=d.loss_weights, label_smoothing=d.label_smoothing,
+                     precompute_ref_log_probs=d.precompute_ref_log_probs, max_length=d.max_length)
+
+
+def _ref_model(cfg, model_kwargs_from):
+    if not cfg.dpo.ref_model:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    from workbench.models import resolve_model
+
+    return AutoModelForCausalLM.from_pretrained(resolve_model(cfg.dpo.ref_model), dtype=model_kwargs_from.dtype,
+                                                trust_remote_code=cfg.trust_remote_code)
+
+
+def build_trainer(cfg: PolicyTrainConfig, run_dir: Path):
+    """The TRL trainer for the recipe (no training yet). Shared by `run` and the benchmarks."""
+    path, model, tok = load_policy(cfg)
+    peft_config = cfg.lora.peft_config() if cfg.lora is not None else None
+    if cfg.method in ("dpo", "hypo"):
+        train = load_role_dataset(cfg.data, PREF_ROLES)
+        evald = load_role_dataset(cfg.data, PREF_ROLES, cfg.data.eval_path) if cfg.data.eval_path else None
+        common = dict(model=model, ref_model=_ref_model(cfg, model), args=_dpo_args(cfg, run_dir),
+                      train_dataset=train, eval_dataset=evald, processing_class=tok, peft_config=peft_config)
+        if cfg.method == "dpo":
+            from trl import DPOTrainer
+
+            return DPOTrainer(**common)
+        from workbench.training.hypo_trainer import HyPOTrainer
+
+        return HyPOTrainer(**common, hypo_lambda=cfg.hypo.lam, sampler=make_sampler(cfg, path, tok))
+    if cfg.method == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        from workbench.training.rewards import verifier_reward
+
+        g = cfg.grpo
+        train = load_role_dataset(cfg.data, ("prompt", "reference"))
+        if cfg.chat and isinstance(train[0]["prompt"], str):
+            train = train.map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}]})
+        extra = {}
+        if g.use_vllm:
+            from workbench.generation.backends import _on_cpu
+
+            if _on_cpu():
+                from workbench.generation.vllm_cpu import keep_cpu_linear_weights
+
+                keep_cpu_linear_weights()
+            extra = dict(use_vllm=True, vllm_mode=g.vllm_mode, vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization)
+        args = GRPOConfig(**_trl_common(cfg, run_dir), num_generations=g.num_generations,
+                          max_completion_length=g.max_completion_length, temperature=g.temperature, beta=g.beta,
+                          loss_type=g.loss_type, **extra)
+        return GRPOTrainer(model=model, reward_funcs=[verifier_reward(g.reward.build())], args=args,
+                           train_dataset=train, processing_class=tok, peft_config=peft_config)
+    raise ValueError(f"unknown method {cfg.method}")
+
+
+def make_sampler(cfg: HyPOTrainConfig, model_path: str, tok):
+    from workbench.generation.backends import vllm_available
+    from workbench.training.online_samples import HFSampler, VLLMSampler
+
+    h = cfg.hypo
+    kind = h.sampler if h.sampler != "auto" else ("vllm" if vllm_available() else "hf")
+    if kind == "vllm":
+        if cfg.lora is not None and cfg.lora.quantization != "none":
+            kind = "hf"  # vLLM cannot take merged weights from a quantised base; sample with HF instead
+        else:
+            return VLLMSampler(model_path, h.k, h.temperature, h.max_new_tokens, h.sync_every, h.vllm, seed=cfg.seed)
+    return HFSampler(tok, h.k, h.temperature, h.max_new_tokens)
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpts = run_dir / "checkpoints"
+    return get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+
+
+def write_model_card(out: Path, cfg, metrics: dict) -> None:
+    from workbench.config import dump_yaml
+
+    card = [f"# {cfg.run_name}", "", f"Trained with contrast-workbench, `method: {cfg.method}`, from `{cfg.model}`.",
+            ""]
+    if cfg.method == "hypo":
+        card += ["HyPO: Song et al. 2024, *The Importance of Online Data: Understanding Preference Fine-tuning via "
+                 "Coverage* (arXiv 2406.01462): DPO on offline pairs + lambda * KL(pi || pi_ref) on online samples. "
+                 "(Not the offline method of the same name by Yuan et al., ICLR 2026.)", ""]
+    card += ["## Final metrics", "", "```json", json.dumps(metrics, indent=2, default=float), "```", "",
+             "## Recipe", "", "```yaml", dump_yaml(cfg).rstrip(), "```", ""]
+    (out / "README.md").write_text("\n".join(card))
+
+
+def run(cfg: PolicyTrainConfig, overwrite: bool = False) -> dict:
+    from accelerate import PartialState
+
+    from workbench.config import to_dict
+    from workbench.runs import open_run
+    from workbench.training.callbacks import MetricsJsonlCallback
+
+    state = PartialState()
+    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite, quiet=not state.is_main_process)
+    if run_.done:
+        return run_.status().get("summary", {})
+    trainer = build_trainer(cfg, run_.path)
+    trainer.add_callback(MetricsJsonlCallback(run_))
+    resume = last_checkpoint(run_.path)
+    if resume and state.is_main_process:
+        print(f"[train] resuming from {resume}", file=sys.stderr)
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    if logged:
+        metrics.update({k: v for k, v in logged[-1].items() if isinstance(v, (int, float))})
+    out = run_.path / "model"
+    trainer.save_model(str(out))
+    if state.is_main_process:
+        trainer.processing_class.save_pretrained(str(out))
+        write_model_card(out, cfg, metrics)
+        run_.mark_done({"global_step": trainer.state.global_step, **metrics})
+        print(f"[train] {cfg.method}: {trainer.state.global_step} steps; model saved to {out}", file=sys.stderr)
+    state.wait_for_everyone()
+    return metrics
