@@ -4,7 +4,7 @@ Zhuang, Ma, Koopman, Lin, Zuccon 2024, "PromptReps: Prompting Large Language Mod
 Representations for Zero-Shot Document Retrieval" (arXiv:2404.18424). The LM is asked to represent the text by one
 word, and the representations are read off the last prompt position ``t`` (the position that predicts the word):
 
-* prompt (Sec. 3, Fig. 1), rendered through the tokenizer's chat template::
+* prompt (the paper's Fig. 1 / the authors' prompt files), rendered through the tokenizer's chat template::
 
       system:    You are an AI assistant that can understand human language.
       user:      Passage: "<text>". Use one most important word to represent the passage in retrieval task.
@@ -12,12 +12,12 @@ word, and the representations are read off the last prompt position ``t`` (the p
       assistant: The word is: "
 
   (queries: ``Query`` / ``the query``). The text is truncated on its own tokens, so the instruction always survives.
-* dense  (Eq. 1): ``e = h_t / ||h_t||`` with ``h_t`` the final-layer hidden state at ``t`` (the LM head's input);
-* sparse (Eq. 2): ``w = log(1 + relu(z_t))`` with ``z_t`` the next-token logits at ``t``, kept only on the tokens of
+* dense: ``e = h_t / ||h_t||`` with ``h_t`` the final-layer hidden state at ``t`` (the LM head's input);
+* sparse: ``w = log(1 + relu(z_t))`` with ``z_t`` the next-token logits at ``t``, kept only on the tokens of
   the text: as in the authors' code, the text is lower-cased, split into words, stopwords dropped, and each word
   tokenised on its own; the ``sparse_max_terms`` (128) largest weights among those tokens are kept. A text with no
   such token keeps the 10 largest weights over the whole vocabulary (the authors' fallback);
-* scores: dense ``<e_q, e_d>`` (cosine), sparse ``<w_q, w_d>``; hybrid (Sec. 3.3) fuses the two ranked lists with
+* scores: dense ``<e_q, e_d>`` (cosine), sparse ``<w_q, w_d>``; hybrid fuses the two ranked lists with
   per-query min-max normalisation and weights ``alpha`` / ``1 - alpha`` (:func:`eval.search.minmax_fuse`).
 
 Deviations, all minor and stated: words come from the regex ``\\w+`` and scikit-learn's English stopword list (the
@@ -159,8 +159,8 @@ class PromptRepsEncoder:
                                      position_ids=pos.to(self.device), logits_to_keep=1)
                     h = captured["h"][:, -1].float()  # (B, H): the LM head's input at the last prompt position
                     z = out.logits[:, -1].float()  # (B, V): next-token logits there
-                    e = torch.nn.functional.normalize(h, p=2, dim=-1)  # Eq. 1
-                    w = torch.log1p(torch.relu(z)).cpu().numpy()  # Eq. 2, before the text-token restriction
+                    e = torch.nn.functional.normalize(h, p=2, dim=-1)  # dense representation
+                    w = torch.log1p(torch.relu(z)).cpu().numpy()  # sparse weights, before the text-token restriction
                     dense[idx] = e.cpu().numpy()
                     for r, i in enumerate(idx):
                         rows[i] = self._sparse_row(w[r], texts[i])

@@ -117,7 +117,8 @@ def to_run(query_ids: list[str], doc_ids: list[str], scores: np.ndarray, idx: np
 
 
 def minmax_fuse(runs: list[dict[str, dict[str, float]]], weights: list[float]) -> dict[str, dict[str, float]]:
-    """Weighted sum of per-query min-max normalised scores (the PromptReps hybrid, Zhuang et al. 2024, Sec. 3).
+    """Weighted sum of per-query min-max normalised scores: the PromptReps hybrid (Zhuang et al. 2024), which the
+    authors compute with ranx ``fuse(norm="min-max", method="wsum")``.
 
     For run r and query q, ``norm_r(d) = (s_r(d) - min_q s_r) / (max_q s_r - min_q s_r)`` over the documents r
     retrieved for q; ``fused(d) = sum_r w_r * norm_r(d)``, a document r did not retrieve contributing 0. As in ranx

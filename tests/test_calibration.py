@@ -73,7 +73,8 @@ def test_markdown_and_png(tmp_path):
 
 
 def test_judge_grades_batches_and_aligns():
-    rows = [{"query": "q1", "docs": ["a", "b", "c"]}, {"query": "q2", "docs": ["d"]}, {"query": "q3", "docs": ["e", "f"]}]
+    rows = [{"query": "q1", "docs": ["a", "b", "c"]}, {"query": "q2", "docs": ["d"]},
+            {"query": "q3", "docs": ["e", "f"]}]
     seen = []
 
     def grade_fn(pairs):

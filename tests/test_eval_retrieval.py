@@ -226,8 +226,8 @@ def test_promptreps_representations_equal_a_hand_computation(tiny_llama):
         with torch.no_grad():
             out = model(input_ids=ids, output_hidden_states=True)
         h = out.hidden_states[-1][0, -1]  # final-layer state of the last prompt token
-        np.testing.assert_allclose(dense[i], (h / h.norm()).numpy(), atol=1e-5)  # Eq. 1
-        w = torch.log1p(torch.relu(out.logits[0, -1])).numpy()  # Eq. 2
+        np.testing.assert_allclose(dense[i], (h / h.norm()).numpy(), atol=1e-5)  # dense = normalised h_t
+        w = torch.log1p(torch.relu(out.logits[0, -1])).numpy()  # sparse = log(1 + relu(z_t))
         row = sparse[i].toarray()[0]
         if i == 0:  # words after lower-casing and stopwords: {vitamin, d}
             allowed = set(tok.encode("vitamin", add_special_tokens=False) + tok.encode("d", add_special_tokens=False))

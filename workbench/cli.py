@@ -108,6 +108,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from workbench.config import load_recipe
+
+    if args.what == "reasoning":
+        import eval.reasoning as stage
+    else:
+        import eval.retrieval as stage
+    stage.run(load_recipe(args.config, args.overrides, job=f"eval_{args.what}"), overwrite=args.overwrite)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="contrast-workbench: generate -> verify -> pairs/lists "
                                      "-> train -> eval, for preference optimisation and contrastive fine-tuning.",
@@ -146,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "`accelerate launch -m workbench train`")
     _add_recipe_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluation harness: retrieval (BEIR-style) and reasoning (accuracy, pass@k, KL)")
+    esub = p.add_subparsers(dest="what", required=True, metavar="kind")
+    for name, help_ in [("retrieval", "nDCG/Recall/MAP/MRR via pytrec_eval on BEIR-format data"),
+                        ("reasoning", "accuracy, pass@k, maj@k, mean length and KL to a reference model")]:
+        e = esub.add_parser(name, help=help_)
+        _add_recipe_args(e)
+        e.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -7,3 +7,5 @@ from workbench.data import pairs  # noqa: F401
 from workbench.generation import documents, rollouts  # noqa: F401
 from workbench.verifiers import job as verify_job  # noqa: F401
 from workbench.training import preference  # noqa: F401
+import eval.reasoning  # noqa: F401,E402
+import eval.retrieval  # noqa: F401,E402

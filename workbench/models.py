@@ -65,9 +65,9 @@ def _built(target: Path) -> bool:
     return (target / ".workbench-built").is_file()
 
 
-def _build_once(name: str, builder: Callable[[Path], None]) -> Path:
+def _build_once(name: str, builder: Callable[[Path], None], target: Path | None = None) -> Path:
     """Build into a temp folder, mark it, then rename: a killed build leaves no folder that looks finished."""
-    target = workbench_home() / "models" / name
+    target = target or workbench_home() / "models" / name
     if _built(target):
         return target
     with _build_lock(target):
@@ -248,3 +248,21 @@ def model_fingerprint(path: str) -> str:
                 st = f.stat()
                 h.update(f"{f.relative_to(p)}:{st.st_size}:{int(st.st_mtime)}".encode())
     return h.hexdigest()[:16]
+
+
+def merged_model_dir(path: str) -> str:
+    """A plain model folder for a PEFT adapter folder (base + adapter merged, cached beside the adapter);
+    any other model is returned unchanged. vLLM and the KL diagnostics load full models."""
+    p = Path(path)
+    if not (p / "adapter_config.json").exists():
+        return path
+
+    def build(tmp: Path) -> None:
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(p))
+        model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(p)).save_pretrained(tmp)
+
+    return str(_build_once(p.name, build, target=p.parent / f"{p.name}-merged"))

