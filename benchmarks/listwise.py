@@ -249,35 +249,37 @@ def main() -> None:
                "num_lists": len(lists)}
     base_path = resolve_model(args.model)
 
+    def save():  # after each stage, so an interrupted run keeps what it measured
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+
     if not args.skip_timing:
         t0 = time.perf_counter()
         results["timing"] = time_steps(base_path, lists, losses, args.batch_size, args.timing_steps,
                                        args.timing_warmup, args.max_seq_length, args.temperature,
                                        args.infonce_negatives)
+        save()
         print(f"[bench] timing took {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        print_timing(results)
 
     if not args.skip_quality:
         queries, corpus, relevant = test_split(args.beir, args.corpus_size, args.seed, args.test_queries)
         results["eval"] = {"test_queries": len(queries), "corpus": len(corpus),
                            "corpus_note": "full corpus" if not args.corpus_size else
                            f"sample of {len(corpus)} documents including every judged one (nDCG inflated)"}
-        quality = {"base": {"ndcg@10": ndcg10(base_path, queries, corpus, relevant, args.max_seq_length, 64)}}
+        quality = results["quality"] = {}
+        quality["base"] = {"ndcg@10": ndcg10(base_path, queries, corpus, relevant, args.max_seq_length, 64)}
+        save()
         for name in losses:
             summary = train(lists_dir, name, args, out)
             quality[name] = {"ndcg@10": ndcg10(summary["model"], queries, corpus, relevant, args.max_seq_length, 64),
                              "train_runtime_s": summary.get("train_runtime_s"), "train_loss": summary.get("train_loss"),
                              "train_rows": summary.get("train_rows")}
+            save()
             print(f"[bench] {name}: nDCG@10 {quality[name]['ndcg@10']:.4f}", file=sys.stderr)
-        results["quality"] = quality
 
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     print(f"\nLists: {len(lists)} from {lists_dir} (sizes {sizes}); model {args.model}; batch {args.batch_size}; "
           f"max_seq_length {args.max_seq_length}; temperature {args.temperature}")
-    if "timing" in results:
-        print("\n| loss | median step (s) | ratio to infonce | docs encoded / step |\n|---|---|---|---|")
-        for name, t in results["timing"].items():
-            ratio = f"{t['ratio_to_infonce']:.2f}x" if t["ratio_to_infonce"] else "-"
-            print(f"| {name} | {t['median_step_s']:.3f} | {ratio} | {t['docs_per_step']:.0f} |")
+    print_timing(results)
     if "quality" in results:
         ev = results["eval"]
         print(f"\nnDCG@10, SciFact test: {ev['test_queries']} claims, {ev['corpus_note']} ({ev['corpus']} docs); "
@@ -286,6 +288,15 @@ def main() -> None:
             rt = f"{q['train_runtime_s']:.0f}" if q.get("train_runtime_s") else "-"
             print(f"| {name} | {q['ndcg@10']:.4f} | {rt} |")
     print(f"\n(results: {out / 'results.json'})")
+
+
+def print_timing(results: dict) -> None:
+    if "timing" not in results:
+        return
+    print("\n| loss | median step (s) | ratio to infonce | docs encoded / step |\n|---|---|---|---|")
+    for name, t in results["timing"].items():
+        ratio = f"{t['ratio_to_infonce']:.2f}x" if t["ratio_to_infonce"] else "-"
+        print(f"| {name} | {t['median_step_s']:.3f} | {ratio} | {t['docs_per_step']:.0f} |")
 
 
 if __name__ == "__main__":

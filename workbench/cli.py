@@ -119,6 +119,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from eval.compare import report
+
+    out = args.out or (args.runs[0] if len(args.runs) == 1 else "reports/comparison")
+    path = report(args.runs, out)
+    print(f"report: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="contrast-workbench: generate -> verify -> pairs/lists "
                                      "-> train -> eval, for preference optimisation and contrastive fine-tuning.",
@@ -165,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         e = esub.add_parser(name, help=help_)
         _add_recipe_args(e)
         e.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="compare runs side by side: markdown table + PNG plots (metrics, training "
+                                      "curves, per-iteration summaries)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output folder (default: the run itself, or reports/comparison)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -64,7 +64,11 @@ def gaussian_w2(X: Tensor, Y: Tensor, eps: float = SQRT_EPS) -> Tensor:
     """
     if X.shape != Y.shape or X.dim() != 2:
         raise ValueError(f"X and Y must be (B, N) of the same shape, got {tuple(X.shape)} and {tuple(Y.shape)}")
-    X, Y = X.double(), Y.double()
+    with torch.autocast(device_type=X.device.type, enabled=False):  # keep float64 under mixed precision
+        return _gaussian_w2(X.double(), Y.double(), eps)
+
+
+def _gaussian_w2(X: Tensor, Y: Tensor, eps: float) -> Tensor:
     B = X.shape[0]
     c = 1.0 if B < 2 else 1.0 / (B - 1)
     mu_x, mu_y = X.mean(dim=0), Y.mean(dim=0)  # (N,)
