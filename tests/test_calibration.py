@@ -5,7 +5,7 @@ import math
 import pytest
 
 from workbench.data.calibration import (calibration_report, filter_disagreeing, judge_grades, plot_confusion,
-                                        render_calibration_markdown)
+                                        relevance_grade_fn, render_calibration_markdown)
 
 INTENDED = [0, 1, 2, 3, 3, 2, 1, 0]
 JUDGED = [0, 2, 2, 3, 2, None, 1, 1]
@@ -101,3 +101,16 @@ def test_filter_disagreeing():
                       "rows_dropped_empty": 1}
     kept, counts = filter_disagreeing(rows, judged, max_gap=2, drop_unparseable=True)
     assert kept[0]["docs"] == ["x", "z"] and counts["dropped_unparseable"] == 1 and counts["rows_dropped_empty"] == 1
+
+
+def test_llm_judge_adapter():
+    """relevance_grade_fn over the LLM judge: a parsed SCORE line is the grade; anything else is None."""
+    from workbench.generation.backends import FakeBackend
+    from workbench.verifiers.judge import JudgeVerifier
+
+    backend = FakeBackend(["Partly answers it.\nSCORE: 2", "SCORE: 5", "I think it is relevant", "**SCORE:** 0"])
+    grade = relevance_grade_fn(JudgeVerifier(backend=backend))
+    rows = [{"query": "does vitamin d help bones", "docs": ["vitamin d aids calcium uptake", "a", "b", "c"]}]
+    assert judge_grades(rows, grade, batch_size=4) == [[2, None, None, 0]]  # 5 is off the 0-3 scale
+    assert len(backend.calls) == 1  # one batched backend call
+    assert "vitamin d aids calcium uptake" in str(backend.calls[0][0][0])

@@ -169,10 +169,26 @@ def test_bad_input(tmp_path, tiny_bert):
         lists.run(config(tmp_path))
 
 
+def test_default_llm_judge_on_fake_backend(tmp_path, docs_run):
+    """The default grader is the LLM judge; the fake backend answers "The answer is 42." to everything, which has
+    no SCORE line: all 20 grades are unparseable and reported so, never read as grade 0."""
+    cfg = config(tmp_path, **{"calibration.grader": "workbench.data.calibration:judge_relevance_grader",
+                               "calibration.judge": {"backend": {"backend": "fake"}}, "negatives.enabled": False})
+    manifest = lists.run(cfg)
+    report = json.loads((cfg.run_dir() / "calibration.json").read_text())
+    assert report["n_unparseable"] == 20 and report["n_judged"] == 0 and report["kappa_quadratic"] is None
+    assert report["confusion"] == [[0] * 4] * 4
+    assert manifest["counts"]["calibration"]["kept_unparseable"] == 20 and manifest["num_rows"] == 4
+
+
 def test_config_errors(tmp_path):
-    with pytest.raises(RecipeError, match="calibration.enabled needs calibration.grader"):
-        config(tmp_path, **{"calibration.grader": None})
     with pytest.raises(RecipeError, match="negatives.enabled needs negatives.corpus"):
         config(tmp_path, **{"negatives.corpus": None})
-    with pytest.raises(RecipeError, match="cannot load|module:factory"):
+    with pytest.raises(RecipeError, match="module:factory"):
         config(tmp_path, **{"calibration.grader": "nocolon"})
+    with pytest.raises(RecipeError, match=r"calibration\.judge.*temperature must be >= 0"):
+        config(tmp_path, **{"calibration.judge": {"temperature": -1.0}})
+    cfg = config(tmp_path, **{"calibration.grader": "no_such_module:factory"})
+    make_documents_run(tmp_path / "docs_run")
+    with pytest.raises(WorkbenchError, match="cannot load it"):
+        lists.run(cfg)

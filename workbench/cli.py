@@ -128,6 +128,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_loop(args) -> int:
+    from workbench import loop
+    from workbench.config import load_recipe
+
+    loop.run(load_recipe(args.config, args.overrides, job="loop"), overwrite=args.overwrite)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="contrast-workbench: generate -> verify -> pairs/lists "
                                      "-> train -> eval, for preference optimisation and contrastive fine-tuning.",
@@ -174,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         e = esub.add_parser(name, help=help_)
         _add_recipe_args(e)
         e.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("loop", help="VerIPO's iterative loop: GRPO -> rollouts -> rollout-aware verify -> pairs -> "
+                                    "DPO/HyPO -> eval, repeated")
+    _add_recipe_args(p)
+    p.set_defaults(func=cmd_loop)
 
     p = sub.add_parser("report", help="compare runs side by side: markdown table + PNG plots (metrics, training "
                                       "curves, per-iteration summaries)")

@@ -16,7 +16,8 @@ Judge outputs that could not be parsed arrive as ``None``. They are counted and 
 intended grade) and left out of the agreement statistics: never dropped silently, never read as grade 0.
 
 The judge itself is any ``grade_fn(list[(query, doc)]) -> list[int | None]`` (:func:`judge_grades`), so this module
-works with whichever judge the recipe names.
+works with whichever judge the recipe names; :func:`relevance_grade_fn` adapts the LLM judge of
+:mod:`workbench.verifiers.judge` (its UMBRELA-style TREC 0-3 relevance question; a malformed answer is None).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 __all__ = ["GRADES", "GradeFn", "calibration_report", "render_calibration_markdown", "plot_confusion",
-           "filter_disagreeing", "judge_grades"]
+           "filter_disagreeing", "judge_grades", "relevance_grade_fn", "judge_relevance_grader"]
 
 GRADES = (0, 1, 2, 3)
 GradeFn = Callable[[list[tuple[str, str]]], list["int | None"]]
@@ -224,3 +225,21 @@ def judge_grades(rows: list[dict], grade_fn: GradeFn, batch_size: int = 32) -> l
         out.append(grades[k:k + len(r["docs"])])
         k += len(r["docs"])
     return out
+
+
+def relevance_grade_fn(judge) -> GradeFn:
+    """Adapt a :class:`workbench.verifiers.judge.JudgeVerifier`: its ``judge_relevance_batch`` (one backend call per
+    batch) gives ``details["grade"]``, 0-3, or None when the judge's answer did not parse."""
+    def grade(pairs: list[tuple[str, str]]) -> list[int | None]:
+        verdicts = judge.judge_relevance_batch([q for q, _ in pairs], [d for _, d in pairs])
+        return [v.details.get("grade") for v in verdicts]
+
+    return grade
+
+
+def judge_relevance_grader(cfg, seed: int) -> GradeFn:
+    """The ``lists`` job's default grader factory: the LLM judge configured by ``calibration.judge`` (a
+    :class:`~workbench.verifiers.judge.JudgeConfig`; its own ``seed`` is used, so ``seed`` is unused here)."""
+    from workbench.verifiers.judge import JudgeVerifier
+
+    return relevance_grade_fn(JudgeVerifier(config=cfg.judge))

@@ -4,9 +4,11 @@ Reads a finished ``documents`` run (rows ``query_id, query, docs, grades, proven
 schema, top to bottom:
 
 1. **Calibration** (``calibration.enabled``): a judge re-grades every (query, document) on the TREC 0-3 scale
-   (:mod:`workbench.data.calibration`). Judge outputs go to resumable shards in ``judged/``; the report lands in
-   ``calibration.json``, ``calibration.md`` and ``calibration.png``. With ``calibration.max_gap`` set, documents whose
-   judged grade is further than that from the intended one are dropped.
+   (:mod:`workbench.data.calibration`; by default the LLM judge of :mod:`workbench.verifiers.judge`, set up by
+   ``calibration.judge``; any ``calibration.grader: 'module:factory'`` plugs in another). Judge outputs go to
+   resumable shards in ``judged/``; the report lands in ``calibration.json``, ``calibration.md`` and
+   ``calibration.png``. With ``calibration.max_gap`` set, documents whose judged grade is further than that from the
+   intended one are dropped.
 2. **Dual consistency filtering** (``consistency.enabled``, :mod:`workbench.data.consistency`): every (query,
    document at grade >= ``positive_grade``) pair is checked against all queries and all positive documents of the
    run. A failing pair drops its row (``on_fail: drop_row``, CoRNStack drops the pair, and here the row is the
@@ -29,14 +31,14 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from workbench.config import register_job
 from workbench.errors import DataError, WorkbenchError
 from workbench.generation import shards
-from workbench.generation.backends import BackendConfig, SamplingConfig
 from workbench.generation.rollouts import ShardingConfig
 from workbench.sections import RunConfig
+from workbench.verifiers.judge import JudgeConfig
 
 LIST_COLUMNS = ["query_id", "query", "docs", "grades", "provenance"]
 
@@ -44,21 +46,16 @@ LIST_COLUMNS = ["query_id", "query", "docs", "grades", "provenance"]
 @dataclass
 class CalibrationConfig:
     enabled: bool = False
-    # "module:factory"; factory(calibration_config, seed) -> grade_fn(list[(query, doc)]) -> list[int | None]
-    grader: str | None = None
-    model: str = "smollm2-135m-instruct"  # the judge model, for graders that generate
-    backend: BackendConfig = field(default_factory=BackendConfig)
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=1, temperature=0.0, max_tokens=16))
-    options: dict[str, Any] = field(default_factory=dict)  # passed through to the grader factory
-    batch_size: int = 32  # (query, doc) pairs per grader call
+    # "module:factory"; factory(calibration_config, seed) -> grade_fn(list[(query, doc)]) -> list[int | None].
+    # The default asks the LLM judge (workbench.verifiers.judge) for a TREC 0-3 grade, configured by `judge`.
+    grader: str = "workbench.data.calibration:judge_relevance_grader"
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # model, backend, temperature, max_tokens, seed ...
+    batch_size: int = 32  # (query, doc) pairs per grader call (one backend call each with the default judge)
     max_gap: int | None = None  # drop documents with |judged - intended| > max_gap; null keeps all
     drop_unparseable: bool = False  # with max_gap: also drop documents the judge could not grade
 
     def validate(self):
-        if self.enabled and not self.grader:
-            raise ValueError("calibration.enabled needs calibration.grader: 'module:factory' returning a grade "
-                             "function (query, doc) pairs -> grades 0-3 or None")
-        if self.grader and ":" not in self.grader:
+        if ":" not in self.grader:
             raise ValueError(f"grader must look like 'package.module:factory', got {self.grader!r}")
         if self.max_gap is not None and not 0 <= self.max_gap <= 3:
             raise ValueError(f"max_gap must be in 0..3, got {self.max_gap}")
@@ -70,7 +67,7 @@ class CalibrationConfig:
 class ConsistencyConfig:
     enabled: bool = False
     k: int = 2  # CoRNStack: top-2
-    threshold: float = 0.7  # CoRNStack's value for Jina-Code-v2 cosines; it depends on the embedding model
+    threshold: float = 0.7  # CoRNStack's (per a summary; Jina-Code-v2 cosines): set it for your embedding model
     bidirectional: bool = True  # also require the query in the positive's top-k queries
     on_fail: Literal["drop_row", "drop_document"] = "drop_row"
 
@@ -202,7 +199,7 @@ def calibrate(cfg: ListsConfig, run_path: Path, rows: list[dict]) -> tuple[list[
 
         shards.run_units(items, size, out, shards.Partition(), process, desc="judge")
         shards.finalize(out, [min(size, len(rows) - k * size) for k in range(shards.num_units(len(rows), size))],
-                        {"job": "lists/judged", "grader": cal.grader, "model": cal.model})
+                        {"job": "lists/judged", "grader": cal.grader, "judge_model": cal.judge.model})
     judged = [r["judged"] for r in sorted(shards.read_rows(out), key=lambda r: r["row"])]
     if len(judged) != len(rows):
         raise WorkbenchError(f"{out}: {len(judged)} judged rows for {len(rows)} input rows; rerun with --overwrite")
@@ -216,7 +213,7 @@ def calibrate(cfg: ListsConfig, run_path: Path, rows: list[dict]) -> tuple[list[
             by_prov.setdefault(p, ([], []))[0].append(g)
             by_prov[p][1].append(jg)
     report["by_provenance"] = {p: calibration_report(a, b) for p, (a, b) in sorted(by_prov.items())}
-    report["grader"], report["judge_model"] = cal.grader, cal.model
+    report["grader"], report["judge_model"] = cal.grader, cal.judge.model
     atomic_write(run_path / "calibration.json", json.dumps(report, indent=2))
     md = render_calibration_markdown(report)
     for p, rep in report["by_provenance"].items():
