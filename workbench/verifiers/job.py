@@ -30,6 +30,25 @@ class VerifierConfig:
     name: str = "math"  # math | reasoning_gym | judge | rollout_aware | any registered verifier
     options: dict[str, Any] = field(default_factory=dict)  # passed to the verifier's constructor
 
+    def validate(self):
+        """Check the options at recipe time (`workbench check`) for verifiers with a typed config."""
+        from workbench.verifiers import VERIFIERS
+
+        if self.name not in VERIFIERS:
+            import difflib
+
+            close = difflib.get_close_matches(self.name, list(VERIFIERS), n=1)
+            raise ValueError(f"unknown verifier {self.name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                             + f" Known: {', '.join(sorted(VERIFIERS))}")
+        if self.name == "judge":
+            from workbench.verifiers.judge import JudgeConfig
+
+            JudgeConfig.from_options(dict(self.options))
+        elif self.name == "rollout_aware":
+            from workbench.verifiers.rollout_aware import RolloutAwareConfig
+
+            RolloutAwareConfig.from_options(dict(self.options))
+
     def build(self):
         from workbench.verifiers import get_verifier
 
