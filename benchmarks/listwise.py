@@ -14,11 +14,13 @@ Training lists (the same for every loss):
   ``--bm25`` BM25 (bm25s) hits that are not its positives at grade 1, ``--random`` random documents at grade 0.
 
 1. Step time: one encoder per loss, all from the same weights, fed the same pre-collated batches, timed round-robin
-   (step k of every loss before step k+1 of any) so machine load drifts hit all alike. A step is forward + loss +
+   (step k of every loss before step k+1 of any, the order rotating each round) so machine load drifts hit all
+   alike. A step is forward + loss +
    backward + AdamW update; collation (tokenisation) is outside the timer. ``infonce`` (sentence-transformers'
    MultipleNegativesRankingLoss) gets the list binarised at grade >= 2 with every document below 2 as a hard
    negative, so it encodes as many documents per query as the list-wise losses whenever the list has one positive
-   (the quick lists do). Reported: median step time, its ratio to infonce (goal: ws2 <= 1.2x), documents per step.
+   (the quick lists do). Reported: median and fastest step time, the median's ratio to infonce (goal: ws2 <= 1.2x),
+   documents per step, and the loss alone (similarity + loss + backward on fixed embeddings, no encoder).
 2. Quality: the base model, and one model per loss trained ``--steps`` steps through the real training job
    (:func:`workbench.training.embedding.run`, SentenceTransformerTrainer) on the same lists, each evaluated with
    sentence-transformers' ``InformationRetrievalEvaluator`` on SciFact's test claims (qrels are binary) against the
@@ -149,7 +151,8 @@ def time_steps(model_path: str, lists, losses: list[str], batch_size: int, steps
         setups[name] = (model, loss, torch.optim.AdamW(model.parameters(), lr=1e-5), batches)
     times = {name: [] for name in losses}
     for step in range(steps + warmup):
-        for name in losses:
+        # rotate who goes first each round, so no loss always runs right after another's backward
+        for name in losses[step % len(losses):] + losses[:step % len(losses)]:
             model, loss, opt, batches = setups[name]
             features, labels, _ = batches[step]
             t0 = time.perf_counter()
@@ -165,8 +168,40 @@ def time_steps(model_path: str, lists, losses: list[str], batch_size: int, steps
     for name in losses:
         med = statistics.median(times[name])
         docs = statistics.mean(b[2] for b in setups[name][3])
-        out[name] = {"median_step_s": med, "ratio_to_infonce": med / base if base else None,
-                     "docs_per_step": docs, "steps_timed": len(times[name])}
+        out[name] = {"median_step_s": med, "min_step_s": min(times[name]),
+                     "ratio_to_infonce": med / base if base else None, "docs_per_step": docs,
+                     "steps_timed": len(times[name])}
+    return out
+
+
+def time_loss_only(losses: list[str], batch_size: int, list_size: int, dim: int, temperature: float,
+                   reps: int = 50) -> dict:
+    """The loss's own cost: similarity + loss + backward on fixed embeddings (B queries, B*K documents), no encoder."""
+    import torch
+
+    from workbench.training.embedding import ListwiseLossConfig, build_loss
+
+    g = torch.Generator().manual_seed(0)
+    q0 = torch.randn(batch_size, dim, generator=g)
+    d0 = torch.randn(batch_size * list_size, dim, generator=g)  # query 0's K documents first
+    grades = torch.tensor([[3.0] + [1.0] * (list_size - 2) + [0.0]] * batch_size)
+    out = {}
+    for name in losses:
+        loss = build_loss(ListwiseLossConfig(name=name, temperature=temperature), None)
+        times = []
+        for _ in range(reps):
+            q, d = q0.clone().requires_grad_(True), d0.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            if name == "infonce":  # MNRL's columns: anchors, positives, then each negative column
+                cols = [q] + list(d.view(batch_size, list_size, dim).unbind(1))
+                value = loss.compute_loss_from_embeddings(cols, None)
+            else:
+                from workbench.losses.listwise_base import in_batch_layout
+
+                value = loss.compute(*in_batch_layout(loss.similarity_fct(q, d), grades))
+            value.backward()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
     return out
 
 
@@ -224,12 +259,17 @@ def main() -> None:
     ap.add_argument("--corpus-size", type=int, default=None, help="evaluate against a corpus sample (judged docs kept)")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (fewer helps on a shared CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench-listwise")
     args = ap.parse_args()
     losses = [x.strip() for x in args.losses.split(",") if x.strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from workbench.models import resolve_model
     from workbench.training.listwise_data import ListwiseDataConfig, load_lists
@@ -257,6 +297,9 @@ def main() -> None:
         results["timing"] = time_steps(base_path, lists, losses, args.batch_size, args.timing_steps,
                                        args.timing_warmup, args.max_seq_length, args.temperature,
                                        args.infonce_negatives)
+        dim = results["timing_dim"] = _embedding_dim(base_path)
+        for name, sec in time_loss_only(losses, args.batch_size, max(sizes), dim, args.temperature).items():
+            results["timing"][name]["loss_only_ms"] = 1000 * sec
         save()
         print(f"[bench] timing took {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         print_timing(results)
@@ -290,13 +333,21 @@ def main() -> None:
     print(f"\n(results: {out / 'results.json'})")
 
 
+def _embedding_dim(model_path: str) -> int:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model_path).get_embedding_dimension()
+
+
 def print_timing(results: dict) -> None:
     if "timing" not in results:
         return
-    print("\n| loss | median step (s) | ratio to infonce | docs encoded / step |\n|---|---|---|---|")
+    print("\n| loss | median step (s) | fastest step (s) | median ratio to infonce | docs encoded / step | "
+          "loss alone, fwd+bwd (ms) |\n|---|---|---|---|---|---|")
     for name, t in results["timing"].items():
         ratio = f"{t['ratio_to_infonce']:.2f}x" if t["ratio_to_infonce"] else "-"
-        print(f"| {name} | {t['median_step_s']:.3f} | {ratio} | {t['docs_per_step']:.0f} |")
+        print(f"| {name} | {t['median_step_s']:.3f} | {t['min_step_s']:.3f} | {ratio} | {t['docs_per_step']:.0f} | "
+              f"{t.get('loss_only_ms', float('nan')):.2f} |")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ class TaskConfig:
     size: int | None = None
     offset: int = 0
     seed: int = 0
+    dedupe: bool = False  # see PromptSourceConfig.dedupe: disjoint splits of one source by offset/size
     template: str = DEFAULT_TEMPLATE
     verifier: str | None = None  # default per task (see table)
     verifier_options: dict[str, Any] = field(default_factory=dict)
@@ -61,13 +62,14 @@ class Task:
         c = self.cfg
         if c.name.startswith("reasoning_gym:"):
             return PromptSourceConfig(kind="reasoning_gym", task=c.name.split(":", 1)[1], task_config=c.task_config,
-                                      size=c.size or 100, offset=c.offset, seed=c.seed)
+                                      size=c.size or 100, offset=c.offset, seed=c.seed, dedupe=c.dedupe)
         if c.name == "gsm8k":
             if c.path:
-                return PromptSourceConfig(kind="gsm8k", path=c.path, size=c.size, offset=c.offset)
+                return PromptSourceConfig(kind="gsm8k", path=c.path, size=c.size, offset=c.offset, dedupe=c.dedupe)
             return PromptSourceConfig(kind="datasets", path="openai/gsm8k", split="test", size=c.size,
                                       offset=c.offset, column_map={"prompt": "question", "reference": "answer"})
-        return PromptSourceConfig(kind="jsonl", path=c.path, column_map=c.column_map, size=c.size, offset=c.offset)
+        return PromptSourceConfig(kind="jsonl", path=c.path, column_map=c.column_map, size=c.size, offset=c.offset,
+                                  dedupe=c.dedupe)
 
     def prompts(self) -> list[PromptRecord]:
         if self.cfg.name == "asdiv":  # each question needs its passage; ids are line positions in the shipped file

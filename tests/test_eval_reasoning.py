@@ -84,3 +84,15 @@ def test_reverse_kl_against_a_different_model(tiny_llama, tmp_path):
     kl = reverse_kl(tiny_llama, str(other), texts, comps)
     other_lp = sequence_logprobs(str(other), texts, comps)
     assert kl["kl"] == pytest.approx(sum(a - b for a, b in zip(lp, other_lp)) / 2) and kl["samples"] == 2
+
+
+def test_dedupe_gives_disjoint_train_and_heldout_splits():
+    from workbench.config import build
+    from workbench.generation.prompts import PromptSourceConfig, load_prompts
+
+    src = {"kind": "reasoning_gym", "task": "products", "task_config": {"min_digits": 1, "max_digits": 1},
+           "seed": 0, "dedupe": True}
+    train = load_prompts(build(PromptSourceConfig, {**src, "size": 30}))
+    held = load_prompts(build(PromptSourceConfig, {**src, "size": 30, "offset": 30}))
+    assert len({r.prompt for r in train}) == 30 and len({r.prompt for r in held}) == 30
+    assert not {r.prompt for r in train} & {r.prompt for r in held}

@@ -28,6 +28,8 @@ class PromptSourceConfig:
     size: int | None = None  # reasoning_gym: how many; others: keep the first `size`
     offset: int = 0  # skip the first `offset` records (train/held-out splits of one source)
     seed: int = 0  # reasoning_gym generation seed
+    dedupe: bool = False  # drop records whose prompt text repeats an earlier one (before offset/size), so that
+    #                       offset/size carve disjoint train and held-out splits out of one source
 
     def validate(self):
         bad = set(self.column_map) - set(ROLES)
@@ -118,7 +120,9 @@ def _reasoning_gym(cfg: PromptSourceConfig) -> list[PromptRecord]:
     from workbench.verifiers.reasoning_gym import entry_to_reference
 
     try:
-        ds = reasoning_gym.create_dataset(cfg.task, size=cfg.size + cfg.offset, seed=cfg.seed, **cfg.task_config)
+        # Generate extra when deduplicating: small task spaces repeat questions.
+        n = (cfg.size + cfg.offset) * (4 if cfg.dedupe else 1)
+        ds = reasoning_gym.create_dataset(cfg.task, size=n, seed=cfg.seed, **cfg.task_config)
     except Exception as e:  # reasoning_gym raises plain ValueError/TypeError/KeyError for bad names/config
         raise DataError(f"reasoning_gym task {cfg.task!r} with task_config {cfg.task_config}: {e}") from None
     return [PromptRecord(f"{cfg.task}-{cfg.seed}-{i}", entry["question"], entry_to_reference(entry))
@@ -159,5 +163,16 @@ def load_prompts(cfg: PromptSourceConfig) -> list[PromptRecord]:
             raise DataError(f"{cfg.path or cfg.task}: duplicate prompt id {r.prompt_id!r} (records {seen[r.prompt_id]} "
                             f"and {i}). Ids must be unique; map another column to role 'id' or drop duplicates.")
         seen[r.prompt_id] = i
+    if cfg.dedupe:
+        seen_text: set[str] = set()
+        unique = []
+        for r in records:
+            if r.prompt not in seen_text:
+                seen_text.add(r.prompt)
+                unique.append(r)
+        records = unique
     end = None if cfg.size is None else cfg.offset + cfg.size
+    if cfg.size is not None and len(records) < end:
+        print(f"[prompts] note: {cfg.path or cfg.task} has {len(records)} record(s) after dedupe; asked for "
+              f"offset {cfg.offset} + size {cfg.size}", file=__import__("sys").stderr)
     return records[cfg.offset:end]
