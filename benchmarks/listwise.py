@@ -7,8 +7,9 @@ Training lists (the same for every loss):
 
 * ``--documents DIR``: SyCL's setting -- synthetic graded documents for SciFact's *train* claims, written by the
   documents job first (slow: one LLM call per claim and grade), e.g.
-  ``workbench generate documents --config recipes/generate/smollm2_documents_fiqa.yaml run_name=smollm2-documents-scifact
-  queries.kind=beir queries.path=/work/shared/data/beir/scifact queries.split=train queries.size=null``
+  ``workbench generate documents --config recipes/generate/smollm2_documents_fiqa.yaml
+  run_name=smollm2-documents-scifact queries.kind=beir queries.path=/work/shared/data/beir/scifact
+  queries.split=train queries.size=null``
   and then ``--documents runs/smollm2-documents-scifact/documents``;
 * ``--quick``: real data only, no generation: per train claim its first qrels document at grade 3, the top
   ``--bm25`` BM25 (bm25s) hits that are not its positives at grade 1, ``--random`` random documents at grade 0.
@@ -230,7 +231,7 @@ def train(lists_dir: Path, loss: str, args, out: Path) -> dict:
         "loss": {"name": loss, "temperature": args.temperature, "infonce_negatives": args.infonce_negatives},
         "eval": None,
         "optim": {"max_steps": args.steps, "per_device_train_batch_size": args.batch_size,
-                  "learning_rate": args.lr, "warmup_ratio": 0.1, "logging_steps": max(1, args.steps // 5),
+                  "learning_rate": args.lr, "warmup_steps": 0.1, "logging_steps": max(1, args.steps // 5),
                   "save_steps": args.steps, "save_total_limit": 1, "max_seq_length": args.max_seq_length}})
     return run(cfg, overwrite=True)
 

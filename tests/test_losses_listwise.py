@@ -85,7 +85,8 @@ def test_listnet_on_two_documents_is_two_way_softmax_cross_entropy():
 
 
 def test_lambdaloss_by_hand_2x3():
-    # tau = 1, sigma = 1, mu = 10. D_r = log2(1 + r); l = -sum_{y_i > y_j} (rho + mu delta) |G_i - G_j| log2 sig(s_i - s_j)
+    # tau = 1, sigma = 1, mu = 10. D_r = log2(1 + r);
+    # l = -sum_{y_i > y_j} (rho + mu delta) |G_i - G_j| log2 sigmoid(s_i - s_j)
     s = torch.tensor([[3.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
     y = torch.tensor([[2.0, 0.0, 1.0], [0.0, 0.0, 3.0]])
     D = lambda r: math.log2(1 + r)  # noqa: E731

@@ -136,6 +136,13 @@ def cmd_loop(args) -> int:
     return 0
 
 
+def cmd_quickstart(args) -> int:
+    from workbench import quickstart
+
+    quickstart.run(args.out, args.part, reduced=args.reduced)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="contrast-workbench: generate -> verify -> pairs/lists "
                                      "-> train -> eval, for preference optimisation and contrastive fine-tuning.",
@@ -187,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "DPO/HyPO -> eval, repeated")
     _add_recipe_args(p)
     p.set_defaults(func=cmd_loop)
+
+    p = sub.add_parser("quickstart", help="the whole workbench on the embedded defaults, offline, on CPU "
+                                          "(policy: rollouts -> pairs -> DPO/HyPO; retrieval: SyCL docs -> ws2/infonce)")
+    p.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
+    p.add_argument("--part", choices=["policy", "retrieval", "all"], default="all")
+    p.add_argument("--reduced", action="store_true", help="tiny sizes on the same models (the end-to-end test)")
+    p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("report", help="compare runs side by side: markdown table + PNG plots (metrics, training "
                                       "curves, per-iteration summaries)")

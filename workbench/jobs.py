@@ -10,3 +10,4 @@ from workbench.training import preference  # noqa: F401
 import eval.reasoning  # noqa: F401,E402
 import eval.retrieval  # noqa: F401,E402
 from workbench import loop  # noqa: F401,E402
+from workbench.training import embedding  # noqa: F401,E402

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from workbench.errors import DataError
+from workbench.config import register_job
 from workbench.sections import RunConfig
 from workbench.training.listwise_data import ListwiseDataConfig
 from workbench.training.sections import LoraConfig, OptimConfig
@@ -70,38 +71,26 @@ class EmbeddingOptimConfig(OptimConfig):
     per_device_train_batch_size: int = 16  # queries per batch, each with its whole list
     per_device_eval_batch_size: int = 16
     learning_rate: float = 2e-5
-    warmup_ratio: float = 0.05
+    warmup_steps: float = 0.05  # a float in [0, 1) is a ratio of total steps
     weight_decay: float = 0.01
     logging_steps: int = 10
     save_steps: int = 100
     max_seq_length: int | None = 256  # tokens per query/document (the encoder's own limit if null)
 
-    def validate(self):
-        super().validate()
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-
     def trainer_args(self, output_dir: str, seed: int, evaluate: bool) -> dict:
-        """Keyword arguments for ``SentenceTransformerTrainingArguments`` (transformers 5 takes the warmup ratio
-        as a float ``warmup_steps`` in [0, 1))."""
-        args = dict(output_dir=output_dir, seed=seed, data_seed=seed, max_steps=self.max_steps,
-                    num_train_epochs=self.num_train_epochs,
-                    per_device_train_batch_size=self.per_device_train_batch_size,
-                    per_device_eval_batch_size=self.per_device_eval_batch_size,
-                    gradient_accumulation_steps=self.gradient_accumulation_steps, learning_rate=self.learning_rate,
-                    lr_scheduler_type=self.lr_scheduler_type, warmup_steps=self.warmup_ratio,
-                    weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, logging_steps=self.logging_steps,
-                    logging_first_step=True, save_strategy="steps", save_steps=self.save_steps,
-                    save_total_limit=self.save_total_limit, eval_strategy="steps" if evaluate else "no",
-                    eval_steps=(self.eval_steps or self.save_steps) if evaluate else None, bf16=self.use_bf16(),
-                    gradient_checkpointing=self.gradient_checkpointing, report_to=self.report_to or "none")
+        """The shared TrainingArguments, with evaluation every ``eval_steps`` (default ``save_steps``) when there
+        is held-out data."""
+        args = self.training_args(output_dir, seed)
+        args.update(logging_first_step=True, eval_strategy="steps" if evaluate else "no",
+                    eval_steps=(self.eval_steps or self.save_steps) if evaluate else None)
         args.update(self.extra)
         return args
 
 
+@register_job("train", method="listwise")
 @dataclass
 class ListwiseTrainConfig(RunConfig):
-    """``job: train`` + ``method: listwise``. Registered by the ``train`` job dispatch, not here."""
+    """``job: train`` + ``method: listwise``."""
 
     method: Literal["listwise"] = "listwise"
     model: str = "minilm-l6"

@@ -1,0 +1,150 @@
+"""The quickstart's final report: both halves' tables, plots, and a plain statement of what helped and what did not.
+
+A difference is called an improvement only when it exceeds two standard errors (binomial, over the held-out samples
+for accuracy; over queries for nDCG@10); otherwise the report says the methods are indistinguishable at this size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+POLICY = [("base", "policy_eval_base"), ("DPO", "policy_eval_dpo"), ("HyPO", "policy_eval_hypo")]
+RETRIEVAL = [("MiniLM (base)", "retrieval_eval_minilm"), ("BM25", "retrieval_eval_bm25"),
+             ("MiniLM + ws2", "retrieval_eval_ws2"), ("MiniLM + infonce", "retrieval_eval_infonce")]
+
+
+def _results(out: Path, name: str) -> dict | None:
+    p = out / name / "results.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _verdict(a: float, b: float, se: float, what: str, better: str, base: str) -> str:
+    diff = b - a
+    if abs(diff) <= 2 * se:
+        return (f"{better} vs {base}: {what} {b:.3f} vs {a:.3f} ({diff:+.3f}, 2 s.e. = {2 * se:.3f}): no difference "
+                "we can distinguish at this size.")
+    word = "improved" if diff > 0 else "hurt"
+    return f"{better} vs {base}: {what} {b:.3f} vs {a:.3f} ({diff:+.3f}, beyond 2 s.e. = {2 * se:.3f}): {better} {word} it."
+
+
+def _bars(path: Path, labels: list[str], series: dict[str, list[float]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 3.4), squeeze=False)
+    for ax, (metric, vals) in zip(axes[0], series.items()):
+        ax.bar(range(len(labels)), vals, color=[f"C{i}" for i in range(len(labels))])
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=9)
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _policy_section(out: Path) -> tuple[list[str], list[str]]:
+    rows = [(label, _results(out, name)) for label, name in POLICY]
+    rows = [(label, r) for label, r in rows if r]
+    if not rows:
+        return [], []
+    lines = ["## Policy half: SmolLM2-135M-Instruct on reasoning-gym `products` (1-digit)", ""]
+    verify = out / "policy_verify" / "verdicts" / "manifest.json"
+    pairs = out / "policy_pairs" / "pairs" / "counts.json"
+    if verify.exists():
+        st = json.loads(verify.read_text())["stats"]
+        lines.append(f"Base policy on the training prompts: {st['passed']}/{st['rows']} samples correct "
+                     f"({st['passed'] / st['rows']:.1%}) by the math verifier.")
+    if pairs.exists():
+        c = json.loads(pairs.read_text())
+        lines.append(f"Pairs: {c['pairs']} from {c['kept']} of {c['prompts']} prompts (pruned {c['pruned_all_passed']} "
+                     f"where every sample passed, {c['pruned_none_passed']} where none did).")
+    lines += ["", "| policy | accuracy | pass@2 | maj@2 | KL to base | mean length (tokens) | samples |",
+              "|---|---|---|---|---|---|---|"]
+    for label, r in rows:
+        m = r["metrics"]
+        lines.append(f"| {label} | {m['accuracy']:.3f} | {m.get('pass@2', float('nan')):.3f} | "
+                     f"{m.get('maj@2', float('nan')):.3f} | {m.get('kl_to_ref', float('nan')):.3f} | "
+                     f"{m['mean_length']:.1f} | {r['counts']['samples']} |")
+    base = dict(rows).get("base")
+    verdicts = []
+    if base:
+        a, n = base["metrics"]["accuracy"], base["counts"]["samples"]
+        for label, r in rows[1:]:
+            b = r["metrics"]["accuracy"]
+            se = math.sqrt(max(a * (1 - a), b * (1 - b), 1e-9) * 2 / n)
+            verdicts.append("- " + _verdict(a, b, se, "held-out accuracy", label, "base"))
+            verdicts.append(f"- {label}'s KL to the base model: {r['metrics'].get('kl_to_ref', float('nan')):.3f} "
+                            f"nats per completion; mean length {r['metrics']['mean_length']:.1f} vs "
+                            f"{base['metrics']['mean_length']:.1f} tokens.")
+    _bars(out / "policy.png", [label for label, _ in rows],
+          {"accuracy": [r["metrics"]["accuracy"] for _, r in rows],
+           "KL to base": [r["metrics"].get("kl_to_ref", 0.0) for _, r in rows],
+           "mean length": [r["metrics"]["mean_length"] for _, r in rows]}, "Policy half (held-out prompts)")
+    return lines + [""] + verdicts + ["", "![policy](policy.png)", ""], ["policy.png"]
+
+
+def _retrieval_section(out: Path) -> list[str]:
+    rows = [(label, _results(out, name)) for label, name in RETRIEVAL]
+    rows = [(label, r) for label, r in rows if r]
+    if not rows:
+        return []
+    lines = ["## Retrieval half: SciFact-nano held-out claims", "",
+             "| retriever | nDCG@10 | Recall@100 | queries |", "|---|---|---|---|"]
+    for label, r in rows:
+        m = r["metrics"]
+        lines.append(f"| {label} | {m['nDCG@10']:.3f} | {m['Recall@100']:.3f} | {len(r.get('per_query') or {})} |")
+    by = dict(rows)
+    verdicts = []
+    base = by.get("MiniLM (base)")
+    if base:
+        import statistics
+
+        for label in ("MiniLM + ws2", "MiniLM + infonce"):
+            r = by.get(label)
+            if not r:
+                continue
+            diffs = [r["per_query"][q]["nDCG@10"] - base["per_query"][q]["nDCG@10"]
+                     for q in base["per_query"] if q in r["per_query"]]
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+            verdicts.append("- " + _verdict(base["metrics"]["nDCG@10"], r["metrics"]["nDCG@10"], se, "nDCG@10",
+                                            label, "MiniLM (base)"))
+    cal = out / "retrieval_lists" / "calibration.json"
+    if cal.exists():
+        c = json.loads(cal.read_text())
+        kappa = c.get("kappa_quadratic", c.get("kappa", {}))
+        lines += ["", f"Label calibration (the judge re-grades each synthetic document; intended vs judged grade): "
+                      f"weighted kappa {kappa if isinstance(kappa, (int, float)) else json.dumps(kappa)}, "
+                      f"Spearman {c.get('spearman')}, unparseable judge answers {c.get('unparseable', c.get('n_unparseable'))}. "
+                      "See `retrieval_lists/calibration.md`."]
+        if (out / "retrieval_lists" / "calibration.png").exists():
+            lines += ["", "![calibration](retrieval_lists/calibration.png)"]
+    _bars(out / "retrieval.png", [label for label, _ in rows],
+          {"nDCG@10": [r["metrics"]["nDCG@10"] for _, r in rows],
+           "Recall@100": [r["metrics"]["Recall@100"] for _, r in rows]}, "Retrieval half (held-out claims)")
+    return lines + [""] + verdicts + ["", "![retrieval](retrieval.png)", ""]
+
+
+def write_report(out: Path, stage_names: list[str], timings: dict) -> Path:
+    from workbench.runs import atomic_write, env_info
+
+    env = env_info()
+    lines = ["# contrast-workbench quickstart", "",
+             f"Machine: {env['cpu_count']} CPUs, torch threads {env['torch_threads']}, GPUs: {env['gpus'] or 'none'}; "
+             f"commit {(env['git_commit'] or '-')[:10]}; {env['time']}.", ""]
+    policy_lines, _ = _policy_section(out)
+    lines += policy_lines
+    lines += _retrieval_section(out)
+    lines += ["## Stage timings (this machine)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {s} | {timings.get(s, '-')} |" for s in stage_names]
+    lines += ["", f"Total measured: {sum(v for v in timings.values()):.0f} s. Every stage's own run folder holds its "
+              "config, environment, metrics and outputs; rerun any of them with `workbench <stage> --config "
+              "recipes/quickstart/<stage>.yaml`."]
+    path = out / "report.md"
+    atomic_write(path, "\n".join(lines) + "\n")
+    return path
