@@ -299,3 +299,16 @@ def test_real_hf_judge_on_random_model_counts_malformed(tiny_llama):
         assert v.details["malformed"] is True and v.details["reason"] == "malformed judge output"
         assert v.score == 0.0 and not v.passed and isinstance(v.details["raw"], str)
     assert judge.stats == {"total": 2, "malformed": 2, "inconsistent_pairs": 0}
+
+
+def test_prefill_answer_puts_the_key_before_the_judges_text(tiny_llama):
+    """With prefill_answer the judge only writes the value after 'SCORE:' (one line); parsing stays strict."""
+    from workbench.config import build
+    from workbench.generation.backends import BackendConfig, make_backend
+    from workbench.verifiers.judge import JudgeConfig, JudgeVerifier
+
+    backend = make_backend("tiny-llama", BackendConfig(backend="hf"))
+    judge = JudgeVerifier(backend=backend, config=build(JudgeConfig, {"max_tokens": 4, "prefill_answer": True}))
+    (v,) = judge.judge_relevance_batch(["a query"], ["a document"])
+    assert v.details["raw"].startswith("SCORE:") and "\n" not in v.details["raw"]
+    assert v.details["grade"] is None or 0 <= v.details["grade"] <= 3

@@ -143,6 +143,14 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_lists(args) -> int:
+    from workbench.config import load_recipe
+    from workbench.data import lists
+
+    lists.run(load_recipe(args.config, args.overrides, job="lists"), overwrite=args.overwrite)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="contrast-workbench: generate -> verify -> pairs/lists "
                                      "-> train -> eval, for preference optimisation and contrastive fine-tuning.",
@@ -176,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pairs", help="build TRL preference pairs from verdicts (with prompt pruning)")
     _add_recipe_args(p)
     p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("lists", help="list-wise rows from graded documents: label calibration, dual consistency "
+                                     "filtering, hard-negative mining")
+    _add_recipe_args(p)
+    p.set_defaults(func=cmd_lists)
 
     p = sub.add_parser("train", help="train a policy (dpo, hypo, grpo) or an embedding model (listwise); also under "
                                      "`accelerate launch -m workbench train`")

@@ -11,3 +11,4 @@ import eval.reasoning  # noqa: F401,E402
 import eval.retrieval  # noqa: F401,E402
 from workbench import loop  # noqa: F401,E402
 from workbench.training import embedding  # noqa: F401,E402
+from workbench.data import lists  # noqa: F401,E402

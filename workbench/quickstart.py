@@ -159,6 +159,9 @@ def run(out: str | Path = "runs/quickstart", part: str = "all", reduced: bool = 
         cfg = load_stage_config(stage, out, reduced)
         t0 = time.perf_counter()
         _runner(stage.command)(cfg)
+        import gc
+
+        gc.collect()  # release the stage's vLLM engine / models before the next stage starts its own
         timings[stage.name] = round(time.perf_counter() - t0, 1)
         from workbench.runs import atomic_write
 

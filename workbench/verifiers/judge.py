@@ -191,6 +191,10 @@ class JudgeConfig:
     pairwise_rubric: str = PAIRWISE_RUBRIC
     consistency_rubric: str = CONSISTENCY_RUBRIC
     relevance_pass_grade: int = 2  # judge_relevance passes when the TREC grade (0-3) >= this
+    # Prefill the answer line ("SCORE:", "WINNER:", "CONSISTENT:") after the chat template's generation prompt and stop
+    # at the line's end: the judge then only writes the value. Small judges that never reach a final line need it;
+    # it skips the judge's justification, so leave it off for judges that can follow the format.
+    prefill_answer: bool = False
 
     def validate(self):
         if self.scale_max <= self.scale_min:
@@ -288,10 +292,20 @@ class JudgeVerifier(Verifier):
             return [{"role": "system", "content": system}, {"role": "user", "content": user}]
         return f"{system}\n\n{user}\n\n"
 
-    def _generate(self, messages: list) -> list[str]:
-        """One backend call for all ``messages``; the first sample's text of each."""
+    def _generate(self, messages: list, key: str = "SCORE") -> list[str]:
+        """One backend call for all ``messages``; the first sample's text of each (with ``prefill_answer``, the
+        prefilled ``KEY:`` and the value the judge wrote after it)."""
         if not messages:
             return []
+        if self.config.prefill_answer and getattr(self.backend, "tokenizer", None) is not None:
+            from dataclasses import replace
+
+            from workbench.generation.backends import render_prompts
+
+            prefix = f"{key}:"
+            texts = [t + prefix for t in render_prompts(self.backend.tokenizer, messages)]
+            out = self.backend.generate(texts, replace(self._sampling(), stop=["\n"]))
+            return [prefix + (samples[0].text if samples else "") for samples in out]
         out = self.backend.generate(messages, self._sampling())
         if len(out) != len(messages):
             raise RuntimeError(f"judge backend returned {len(out)} results for {len(messages)} prompts")
@@ -405,7 +419,7 @@ class JudgeVerifier(Verifier):
         messages = []
         for p, a, b, r in zip(prompts, as_, bs, references):
             messages += [self._pair_message(p, a, b, r), self._pair_message(p, b, a, r)]
-        raws = self._generate(messages)
+        raws = self._generate(messages, key="WINNER")
         results = []
         for k in range(len(prompts)):
             orders = []
@@ -453,7 +467,7 @@ class JudgeVerifier(Verifier):
             messages.append(self._message(nonce, "Your answer must end with a line 'CONSISTENT: YES' or "
                                                  "'CONSISTENT: NO'.", user))
         out = []
-        for raw in self._generate(messages):
+        for raw in self._generate(messages, key="CONSISTENT"):
             label, error = parse_label(raw, "CONSISTENT", ("YES", "NO"))
             self._count(label is None)
             out.append({"consistent": None if label is None else label == "YES", "malformed": label is None,
