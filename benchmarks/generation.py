@@ -42,7 +42,6 @@ def main() -> None:
     records = load_prompts(build(PromptSourceConfig, src))
     template = "{prompt}\nGive the final answer after ####."
     messages = [rollouts.build_messages(template.format(prompt=r.prompt)) for r in records]
-    sampling = backends.SamplingConfig(n=args.n, temperature=0.7, max_tokens=args.max_tokens)
     cfg = backends.BackendConfig(backend="vllm", cpu_kv_cache_gib=2, max_model_len=1024)
     vllm_backend = backends.make_backend(args.model, cfg)
     texts = backends.render_prompts(vllm_backend.tokenizer, messages)
@@ -95,7 +94,7 @@ def main() -> None:
 
     print(f"# generation benchmark, {date.today()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, model {args.model}")
-    print(f"| measurement | tokens/s |\n|---|---|")
+    print("| measurement | tokens/s |\n|---|---|")
     print(f"| bare vllm.LLM.generate ({args.prompts} prompts x n={args.n}) | {bare_best:.1f} |")
     print(f"| workbench generate rollouts (same engine and prompts) | {job_best:.1f} |")
     print(f"| vLLM backend, batch {args.hf_prompts}, n=1 | {vllm_tps:.1f} |")

@@ -176,17 +176,9 @@ def _listwise_rows(path: Path) -> list[tuple[str, dict]]:
                 raise DataError(f"{f}: not a readable Parquet file ({type(e).__name__}: {e})") from None
             out += [(f"{f} row {i}", r) for i, r in enumerate(rows)]
         elif f.suffix in (".jsonl", ".json"):
-            with open(f, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        r = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{f}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-                    if not isinstance(r, dict):
-                        raise DataError(f"{f}:{lineno}: expected a JSON object")
-                    out.append((f"{f}:{lineno}", r))
+            from workbench.data.jsonl import read_jsonl
+
+            out += [(f"{f}:{lineno}", r) for lineno, r in read_jsonl(f)]
         else:
             raise DataError(f"{f}: unsupported list-wise file type {f.suffix!r}; use .parquet or .jsonl")
     if not out:

@@ -1,6 +1,6 @@
 """HyPO's KL term: value and gradient against hand computations; it drives the reverse KL to 0."""
 
-import math
+
 
 import pytest
 import torch

@@ -2,7 +2,7 @@
 
 import json
 
-import pytest
+
 
 from workbench.config import build
 from workbench.data.pairs import PairsConfig, build_pairs

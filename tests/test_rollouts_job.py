@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
-from conftest import FIXTURES, REPO, needs_vllm, run_cli
+
+from conftest import REPO, needs_vllm, run_cli
 
 SCHEMA = ["prompt_id", "prompt", "sample_idx", "completion", "reference", "finish_reason", "num_tokens", "logprob",
           "model", "backend"]

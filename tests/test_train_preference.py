@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+
 
 import pytest
 import torch
@@ -212,6 +212,6 @@ def test_bad_training_data_names_columns(tmp_path):
     proc = run_cli("train", "--config", "recipes/tiny/dpo.yaml", f"data.path={bad}", f"output_dir={tmp_path / 'r'}",
                    check=False)
     assert proc.returncode == 2 and "role 'prompt' not found" in proc.stderr and "data.column_map.prompt" in proc.stderr
-    ok = run_cli("train", "--config", "recipes/tiny/dpo.yaml", f"data.path={bad}", f"output_dir={tmp_path / 'r2'}",
+    run_cli("train", "--config", "recipes/tiny/dpo.yaml", f"data.path={bad}", f"output_dir={tmp_path / 'r2'}",
                  "data.column_map={prompt: question, chosen: good, rejected: bad}", "optim.max_steps=1")
     assert json.loads((tmp_path / "r2" / "run.json").read_text())["status"] == "done"

@@ -2,9 +2,9 @@
 
 import json
 
-import pytest
 
-from conftest import REPO, run_cli
+
+from conftest import run_cli
 from workbench.generation import shards
 
 

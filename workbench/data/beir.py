@@ -6,7 +6,6 @@ and the field; qrels entries whose query or document is missing are counted and 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,24 +15,17 @@ from workbench.errors import DataError
 def _jsonl(path: Path, required: tuple[str, ...]) -> dict[str, dict]:
     if not path.is_file():
         raise DataError(f"{path}: file not found (a BEIR folder holds corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
+    from workbench.data.jsonl import read_jsonl
+
     out: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            for f in required:
-                if f not in obj:
-                    raise DataError(f"{path}:{lineno}: missing field {f!r} (expected fields: {list(required)})")
-            _id = str(obj["_id"])
-            if _id in out:
-                raise DataError(f"{path}:{lineno}: duplicate _id {_id!r}; ids must be unique")
-            out[_id] = obj
+    for lineno, obj in read_jsonl(path):
+        for f in required:
+            if f not in obj:
+                raise DataError(f"{path}:{lineno}: missing field {f!r} (expected fields: {list(required)})")
+        _id = str(obj["_id"])
+        if _id in out:
+            raise DataError(f"{path}:{lineno}: duplicate _id {_id!r}; ids must be unique")
+        out[_id] = obj
     if not out:
         raise DataError(f"{path}: empty file")
     return out

@@ -7,7 +7,6 @@ field, and says which ``column_map`` entry fixes it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,20 +51,9 @@ class PromptRecord:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). "
-                                "Each line of a JSONL file must be one JSON object.") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((lineno, obj))
-    return rows
+    from workbench.data.jsonl import read_jsonl
+
+    return read_jsonl(path)
 
 
 def _column(role: str, cfg: PromptSourceConfig, default: str | None, columns: list[str], where: str,

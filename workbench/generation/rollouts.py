@@ -132,8 +132,8 @@ def finalize(cfg: RolloutsConfig, run_, records, skipped) -> dict:
     out = run_.path / "rollouts"
     units = shards.num_units(len(records), cfg.sharding.shard_size)
     if not shards.all_units_present(out, len(records), cfg.sharding.shard_size):
-        print(f"[rollouts] this rank is done; other ranks' shards are still missing. The last rank to finish writes "
-              f"the manifest (or run `workbench generate merge --config ...`).", file=sys.stderr)
+        print("[rollouts] this rank is done; other ranks' shards are still missing. The last rank to finish writes "
+              "the manifest (or run `workbench generate merge --config ...`).", file=sys.stderr)
         return {"complete": False}
     expected = [min(cfg.sharding.shard_size, len(records) - k * cfg.sharding.shard_size) * cfg.sampling.n
                 for k in range(units)]

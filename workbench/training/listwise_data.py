@@ -20,7 +20,6 @@ documents are tokenised and encoded -- and the grades go to the loss as a (B, K)
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import sys
@@ -96,19 +95,10 @@ def _read_records(path: Path) -> list[tuple[str, dict]]:
         if path.suffix == ".parquet":
             return parquet([path])
         if path.suffix in (".jsonl", ".json"):
-            out = []
-            with open(path, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-                    if not isinstance(rec, dict):
-                        raise DataError(f"{path}:{lineno}: expected a JSON object with the list-wise fields")
-                    out.append((f"{path}:{lineno}", rec))
-            return out
+            from workbench.data.jsonl import read_jsonl
+
+            return [(f"{path}:{lineno}", rec) for lineno, rec in read_jsonl(path, "a JSON object with the list-wise "
+                                                                                      "fields")]
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .parquet or .jsonl")
     folder = _job_folder(path)
     shards = sorted(folder.glob("shard-*.parquet"))
