@@ -117,11 +117,14 @@ def _retrieval_section(out: Path) -> list[str]:
     cal = out / "retrieval_lists" / "calibration.json"
     if cal.exists():
         c = json.loads(cal.read_text())
-        kappa = c.get("kappa_quadratic", c.get("kappa", {}))
-        lines += ["", f"Label calibration (the judge re-grades each synthetic document; intended vs judged grade): "
-                      f"weighted kappa {kappa if isinstance(kappa, (int, float)) else json.dumps(kappa)}, "
-                      f"Spearman {c.get('spearman')}, unparseable judge answers {c.get('unparseable', c.get('n_unparseable'))}. "
-                      "See `retrieval_lists/calibration.md`."]
+        kappa, rho = c.get("kappa_quadratic"), c.get("spearman")
+        if isinstance(rho, dict):
+            rho = rho.get("rho")
+        fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
+        lines += ["", f"Label calibration (the judge re-grades each synthetic document against its claim; intended vs "
+                      f"judged grade): quadratic-weighted kappa {fmt(kappa)}, Spearman {fmt(rho)}; "
+                      f"{c.get('n_unparseable', '?')} of {c.get('n', '?')} judge answers were "
+                      "unparseable and are left out of those statistics. See `retrieval_lists/calibration.md`."]
         if (out / "retrieval_lists" / "calibration.png").exists():
             lines += ["", "![calibration](retrieval_lists/calibration.png)"]
     _bars(out / "retrieval.png", [label for label, _ in rows],
