@@ -39,20 +39,20 @@ class Stage:
 
 
 STAGES = [
-    Stage("policy", "policy_rollouts", "rollouts", 45),
-    Stage("policy", "policy_verify", "verify", 3),
-    Stage("policy", "policy_pairs", "pairs", 2),
-    Stage("policy", "policy_dpo", "train", 90),
-    Stage("policy", "policy_hypo", "train", 150),
-    Stage("policy", "policy_eval_base", "eval_reasoning", 40),
-    Stage("policy", "policy_eval_dpo", "eval_reasoning", 50),
-    Stage("policy", "policy_eval_hypo", "eval_reasoning", 50),
-    Stage("retrieval", "retrieval_documents", "documents", 90),
-    Stage("retrieval", "retrieval_lists", "lists", 60),
+    Stage("policy", "policy_rollouts", "rollouts", 40),
+    Stage("policy", "policy_verify", "verify", 8),
+    Stage("policy", "policy_pairs", "pairs", 6),
+    Stage("policy", "policy_dpo", "train", 80),
+    Stage("policy", "policy_hypo", "train", 140),
+    Stage("policy", "policy_eval_base", "eval_reasoning", 45),
+    Stage("policy", "policy_eval_dpo", "eval_reasoning", 55),
+    Stage("policy", "policy_eval_hypo", "eval_reasoning", 55),
+    Stage("retrieval", "retrieval_documents", "documents", 80),
+    Stage("retrieval", "retrieval_lists", "lists", 130),
     Stage("retrieval", "retrieval_train_ws2", "train", 60),
     Stage("retrieval", "retrieval_train_infonce", "train", 50),
     Stage("retrieval", "retrieval_eval_minilm", "eval_retrieval", 30),
-    Stage("retrieval", "retrieval_eval_bm25", "eval_retrieval", 5),
+    Stage("retrieval", "retrieval_eval_bm25", "eval_retrieval", 10),
     Stage("retrieval", "retrieval_eval_ws2", "eval_retrieval", 30),
     Stage("retrieval", "retrieval_eval_infonce", "eval_retrieval", 30),
 ]
@@ -85,18 +85,22 @@ def _relocate(data, out: Path):
     return data
 
 
-def load_stage_config(stage: Stage, out: Path, reduced: bool = False):
-    """The stage's recipe, relocated, through the same strict loader the CLI uses (as overrides, so errors point
-    at the recipe file)."""
-    from workbench.config import load_recipe
-
+def stage_overrides(stage: Stage, out: Path, reduced: bool = False) -> list[str]:
+    """key=value overrides that move the recipe's paths (and, with ``reduced``, shrink its sizes)."""
     path = RECIPES / f"{stage.name}.yaml"
     if not path.exists():
         raise WorkbenchError(f"{path}: quickstart recipe missing (the quickstart runs from a checkout of the repo)")
-    raw = yaml.safe_load(path.read_text())
-    moved = _relocate(raw, out)
-    overrides = [f"{k}={json.dumps(v)}" for k, v in _flatten(moved).items() if _flatten(raw).get(k) != v]
-    return load_recipe(path, overrides + (REDUCED.get(stage.name, []) if reduced else []))
+    raw = _flatten(yaml.safe_load(path.read_text()))
+    moved = _flatten(_relocate(yaml.safe_load(path.read_text()), out))
+    overrides = [f"{k}={json.dumps(v)}" for k, v in moved.items() if raw.get(k) != v]
+    return overrides + (REDUCED.get(stage.name, []) if reduced else [])
+
+
+def load_stage_config(stage: Stage, out: Path, reduced: bool = False):
+    """The stage's recipe with its overrides, through the same strict loader the CLI uses."""
+    from workbench.config import load_recipe
+
+    return load_recipe(RECIPES / f"{stage.name}.yaml", stage_overrides(stage, out, reduced))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -109,32 +113,20 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _runner(command: str):
-    if command == "rollouts":
-        from workbench.generation.rollouts import run
-    elif command == "documents":
-        from workbench.generation.documents import run
-    elif command == "verify":
-        from workbench.verifiers.job import run
-    elif command == "pairs":
-        from workbench.data.pairs import run
-    elif command == "lists":
-        from workbench.data.lists import run
-    elif command == "train":
-        def run(cfg, overwrite=False):
-            if cfg.method == "listwise":
-                from workbench.training.embedding import run as train
-            else:
-                from workbench.training.preference import run as train
-            return train(cfg, overwrite=overwrite)
-    elif command == "eval_reasoning":
-        from eval.reasoning import run
-    elif command == "eval_retrieval":
-        from eval.retrieval import run
-    else:
-        raise ValueError(command)
-    return run
+CLI = {"rollouts": ["generate", "rollouts"], "documents": ["generate", "documents"], "verify": ["verify"],
+       "pairs": ["pairs"], "lists": ["lists"], "train": ["train"], "eval_reasoning": ["eval", "reasoning"],
+       "eval_retrieval": ["eval", "retrieval"]}
 
+
+def stage_command(stage: Stage, out: Path, reduced: bool = False) -> list[str]:
+    """The exact `workbench ...` command line for a stage: its recipe plus the relocation (and reduction) overrides.
+
+    Each stage runs in its own process, as a user would run it: its vLLM engine and models are released when it
+    ends, so peak memory is the largest stage's, not the sum of all of them.
+    """
+    load_stage_config(stage, out, reduced)  # validate first: a bad recipe fails before anything runs
+    return [sys.executable, "-m", "workbench", *CLI[stage.command], "--config", str(RECIPES / f"{stage.name}.yaml"),
+            *stage_overrides(stage, out, reduced)]
 
 def _done(out: Path, stage: Stage) -> bool:
     p = out / stage.name / "run.json"
@@ -156,12 +148,15 @@ def run(out: str | Path = "runs/quickstart", part: str = "all", reduced: bool = 
               f"| {status} ===", file=sys.stderr, flush=True)
         if _done(out, stage):
             continue
-        cfg = load_stage_config(stage, out, reduced)
-        t0 = time.perf_counter()
-        _runner(stage.command)(cfg)
-        import gc
+        import subprocess
 
-        gc.collect()  # release the stage's vLLM engine / models before the next stage starts its own
+        cmd = stage_command(stage, out, reduced)
+        t0 = time.perf_counter()
+        code = subprocess.call(cmd)
+        if code != 0:
+            raise WorkbenchError(f"quickstart stage {stage.name} failed (exit {code}). Fix the cause above and rerun "
+                                 f"`workbench quickstart`: finished stages are kept. The stage alone: "
+                                 f"{' '.join(cmd[2:])}")
         timings[stage.name] = round(time.perf_counter() - t0, 1)
         from workbench.runs import atomic_write
 
