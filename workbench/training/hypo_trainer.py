@@ -41,7 +41,8 @@ def completion_logps(model, prompts: list[list[int]], completions: list[list[lis
         attn[i, :len(s)] = 1
         comp[i, st:len(s)] = True
     logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()  # (N, T-1, V)
-    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (N, T-1)
+    # log p = logit[y] - logsumexp(logits): no (N, T-1, V) log_softmax copy (the vocabulary is the big axis).
+    token_logps = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N, T-1)
     seq_logps = (token_logps * comp[:, 1:]).sum(dim=-1)  # (N,)
     k = len(completions[0])
     return seq_logps.view(len(prompts), k)  # (B, k)
