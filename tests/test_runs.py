@@ -43,3 +43,11 @@ def test_refuses_foreign_folder(tmp_path):
     (tmp_path / "r" / "x.txt").write_text("not a run")
     with pytest.raises(RunError, match="not a workbench run folder"):
         open_run(tmp_path / "r", {"a": 1}, quiet=True)
+
+
+def test_a_run_killed_while_writing_its_config_starts_fresh(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / ".config.yaml.tmp-1234").write_text("half")
+    run = open_run(tmp_path / "r", {"a": 1}, quiet=True)
+    assert not run.resumed and (run.path / "config.yaml").exists()
+    assert not (run.path / ".config.yaml.tmp-1234").exists()

@@ -139,8 +139,9 @@ def test_every_accelerate_config_validates():
 
 
 def test_killed_training_resumes_from_the_last_checkpoint(tmp_path):
-    args = [sys.executable, "-m", "workbench", "train", "--config", "recipes/tiny/dpo.yaml", "optim.max_steps=6",
-            "optim.save_steps=2", "lora=null"]
+    # 40 steps: long enough that the kill at the first checkpoint always lands mid-run, even on a quiet machine.
+    steps = ["optim.max_steps=40", "optim.save_steps=2", "lora=null"]
+    args = [sys.executable, "-m", "workbench", "train", "--config", "recipes/tiny/dpo.yaml", *steps]
     full = subprocess.run(args + [f"output_dir={tmp_path / 'full'}"], cwd=REPO, capture_output=True, text=True)
     assert full.returncode == 0, full.stderr[-3000:]
     proc = subprocess.Popen(args + [f"output_dir={tmp_path / 'killed'}"], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -149,12 +150,10 @@ def test_killed_training_resumes_from_the_last_checkpoint(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and not (ckpt / "trainer_state.json").exists():
         time.sleep(0.05)
-    time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "run.json").exists()
-    rerun = run_cli("train", "--config", "recipes/tiny/dpo.yaml", "optim.max_steps=6", "optim.save_steps=2",
-                    "lora=null", f"output_dir={tmp_path / 'killed'}")
+    rerun = run_cli("train", "--config", "recipes/tiny/dpo.yaml", *steps, f"output_dir={tmp_path / 'killed'}")
     assert "resuming from" in rerun.stderr and "checkpoint-" in rerun.stderr
     from safetensors.torch import load_file
 

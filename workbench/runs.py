@@ -125,6 +125,11 @@ class Run:
         return self.status().get("status") == "done"
 
 
+def _only_leftovers(path: Path) -> bool:
+    entries = list(path.iterdir())
+    return bool(entries) and all(e.name.startswith(".") and ".tmp-" in e.name for e in entries)
+
+
 def open_run(output_dir: str | Path, config: dict, overwrite: bool = False, quiet: bool = False) -> Run:
     """Create, resume or refuse a run folder for ``config`` (the resolved recipe as a plain dict).
 
@@ -169,6 +174,9 @@ def _open_run(path: Path, config: dict, overwrite: bool, quiet: bool) -> Run:
         else:
             run.resumed = True
             say(f"resuming the unfinished run in {path}")
+    elif path.exists() and _only_leftovers(path):
+        # A run killed while writing its first config.yaml leaves only our temp file: nothing to keep.
+        shutil.rmtree(path)
     elif path.exists() and any(path.iterdir()) and not overwrite:
         raise RunError(f"{path} exists and is not a workbench run folder (no config.yaml). "
                        "Choose another output_dir, or pass --overwrite to clear it.")
