@@ -80,59 +80,12 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_verify(args) -> int:
-    from workbench.config import load_recipe
-    from workbench.verifiers import job
-
-    job.run(load_recipe(args.config, args.overrides, job="verify"), overwrite=args.overwrite)
-    return 0
-
-
-def cmd_pairs(args) -> int:
-    from workbench.config import load_recipe
-    from workbench.data import pairs
-
-    pairs.run(load_recipe(args.config, args.overrides, job="pairs"), overwrite=args.overwrite)
-    return 0
-
-
-def cmd_train(args) -> int:
-    from workbench.config import load_recipe
-
-    cfg = load_recipe(args.config, args.overrides, job="train")
-    if cfg.method == "listwise":
-        from workbench.training import embedding as trainer
-    else:
-        from workbench.training import preference as trainer
-    trainer.run(cfg, overwrite=args.overwrite)
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from workbench.config import load_recipe
-
-    if args.what == "reasoning":
-        import eval.reasoning as stage
-    else:
-        import eval.retrieval as stage
-    stage.run(load_recipe(args.config, args.overrides, job=f"eval_{args.what}"), overwrite=args.overwrite)
-    return 0
-
-
 def cmd_report(args) -> int:
     from eval.compare import report
 
     out = args.out or (args.runs[0] if len(args.runs) == 1 else "reports/comparison")
     path = report(args.runs, out)
     print(f"report: {path}")
-    return 0
-
-
-def cmd_loop(args) -> int:
-    from workbench import loop
-    from workbench.config import load_recipe
-
-    loop.run(load_recipe(args.config, args.overrides, job="loop"), overwrite=args.overwrite)
     return 0
 
 
@@ -143,11 +96,42 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
-def cmd_lists(args) -> int:
-    from workbench.config import load_recipe
-    from workbench.data import lists
+# Recipe-driven stages: subcommand -> (the recipe's job, "module:function" that runs it, help).
+STAGES = {
+    "verify": ("verify", "workbench.verifiers.job:run",
+               "score rollouts with a verifier (math, reasoning_gym, judge, rollout_aware)"),
+    "pairs": ("pairs", "workbench.data.pairs:run", "build TRL preference pairs from verdicts (with prompt pruning)"),
+    "lists": ("lists", "workbench.data.lists:run", "list-wise rows from graded documents: label calibration, dual "
+              "consistency filtering, hard-negative mining"),
+    "train": ("train", "workbench.cli:run_train", "train a policy (dpo, hypo, grpo) or an embedding model (listwise); "
+              "also under `accelerate launch -m workbench train`"),
+    "loop": ("loop", "workbench.loop:run", "VerIPO's iterative loop: GRPO -> rollouts -> rollout-aware verify -> "
+             "pairs -> DPO/HyPO -> eval, repeated"),
+}
+EVALS = {
+    "retrieval": ("eval_retrieval", "eval.retrieval:run", "nDCG/Recall/MAP/MRR via pytrec_eval on BEIR-format data"),
+    "reasoning": ("eval_reasoning", "eval.reasoning:run", "accuracy, pass@k, maj@k, mean length and KL to a "
+                  "reference model"),
+}
 
-    lists.run(load_recipe(args.config, args.overrides, job="lists"), overwrite=args.overwrite)
+
+def run_train(cfg, overwrite: bool = False):
+    if cfg.method == "listwise":
+        from workbench.training.embedding import run
+    else:
+        from workbench.training.preference import run
+    return run(cfg, overwrite=overwrite)
+
+
+def cmd_stage(args) -> int:
+    import importlib
+
+    from workbench.config import load_recipe
+
+    job, target = args.stage
+    module, fn = target.split(":")
+    getattr(importlib.import_module(module), fn)(load_recipe(args.config, args.overrides, job=job),
+                                                 overwrite=args.overwrite)
     return 0
 
 
@@ -177,36 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
             _add_partition_args(g)
         g.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("verify", help="score rollouts with a verifier (math, reasoning_gym, judge, rollout_aware)")
-    _add_recipe_args(p)
-    p.set_defaults(func=cmd_verify)
-
-    p = sub.add_parser("pairs", help="build TRL preference pairs from verdicts (with prompt pruning)")
-    _add_recipe_args(p)
-    p.set_defaults(func=cmd_pairs)
-
-    p = sub.add_parser("lists", help="list-wise rows from graded documents: label calibration, dual consistency "
-                                     "filtering, hard-negative mining")
-    _add_recipe_args(p)
-    p.set_defaults(func=cmd_lists)
-
-    p = sub.add_parser("train", help="train a policy (dpo, hypo, grpo) or an embedding model (listwise); also under "
-                                     "`accelerate launch -m workbench train`")
-    _add_recipe_args(p)
-    p.set_defaults(func=cmd_train)
+    for name, (job, target, help_) in STAGES.items():
+        p = sub.add_parser(name, help=help_)
+        _add_recipe_args(p)
+        p.set_defaults(func=cmd_stage, stage=(job, target))
 
     p = sub.add_parser("eval", help="evaluation harness: retrieval (BEIR-style) and reasoning (accuracy, pass@k, KL)")
     esub = p.add_subparsers(dest="what", required=True, metavar="kind")
-    for name, help_ in [("retrieval", "nDCG/Recall/MAP/MRR via pytrec_eval on BEIR-format data"),
-                        ("reasoning", "accuracy, pass@k, maj@k, mean length and KL to a reference model")]:
+    for name, (job, target, help_) in EVALS.items():
         e = esub.add_parser(name, help=help_)
         _add_recipe_args(e)
-        e.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("loop", help="VerIPO's iterative loop: GRPO -> rollouts -> rollout-aware verify -> pairs -> "
-                                    "DPO/HyPO -> eval, repeated")
-    _add_recipe_args(p)
-    p.set_defaults(func=cmd_loop)
+        e.set_defaults(func=cmd_stage, stage=(job, target))
 
     p = sub.add_parser("quickstart", help="the whole workbench on the embedded defaults, offline, on CPU "
                                           "(policy: rollouts -> pairs -> DPO/HyPO; retrieval: SyCL docs -> ws2/infonce)")
