@@ -133,12 +133,6 @@ class ListsConfig(RunConfig):
 # ----------------------------------------------------------------------------------------------- input
 
 
-def documents_folder(input_dir: str | Path) -> Path:
-    """The shard folder of a documents run: ``<run>/documents`` or the folder itself."""
-    p = Path(input_dir)
-    return p / "documents" if (p / "documents").is_dir() else p
-
-
 def read_documents(folder: Path) -> list[dict]:
     """The documents run's rows, checked: named columns present, docs/grades/provenance aligned, int grades."""
     rows = shards.read_rows(folder)
@@ -396,7 +390,7 @@ def run(cfg: ListsConfig, overwrite: bool = False) -> dict:
     from workbench.config import to_dict
     from workbench.runs import atomic_write, open_run
 
-    src = documents_folder(cfg.input_dir)
+    src = shards.stage_folder(cfg.input_dir, "documents")
     src_manifest = shards.require_complete(src, "documents")
     run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
     out = run_.path / "lists"

@@ -172,16 +172,11 @@ def build_pairs(rows: list[dict], cfg: PairsConfig, chat: bool, system_prompt: s
     return out, counts
 
 
-def verdicts_folder(path: str | Path) -> Path:
-    p = Path(path)
-    return p / "verdicts" if (p / "verdicts").is_dir() else p
-
-
 def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
     from workbench.config import to_dict
     from workbench.runs import atomic_write, open_run
 
-    src = verdicts_folder(cfg.input_dir)
+    src = shards.stage_folder(cfg.input_dir, "verdicts")
     src_manifest = shards.require_complete(src, "verify")
     run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
     if run_.done:

@@ -129,6 +129,12 @@ def read_manifest(folder: Path) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def stage_folder(path: str | Path, stage: str) -> Path:
+    """The shard folder of a stage's output: ``<run>/<stage>`` when given the run folder, else the folder itself."""
+    p = Path(path)
+    return p / stage if (p / stage).is_dir() else p
+
+
 def require_complete(folder: Path, what: str = "input") -> dict:
     """For a downstream stage: the folder must hold a finished job (manifest present)."""
     m = read_manifest(folder)

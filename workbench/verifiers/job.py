@@ -66,11 +66,6 @@ class VerifyConfig(RunConfig):
             raise ValueError("input_dir is required: the rollouts run folder to verify")
 
 
-def rollouts_folder(path: str | Path) -> Path:
-    p = Path(path)
-    return p / "rollouts" if (p / "rollouts").is_dir() else p
-
-
 def _check_columns(path: Path, columns: list[str]) -> None:
     missing = [c for c in ROLLOUT_COLUMNS if c not in columns]
     if missing:
@@ -112,7 +107,7 @@ def run(cfg: VerifyConfig, overwrite: bool = False) -> dict:
     from workbench.config import to_dict
     from workbench.runs import open_run
 
-    src = rollouts_folder(cfg.input_dir)
+    src = shards.stage_folder(cfg.input_dir, "rollouts")
     src_manifest = shards.require_complete(src, "rollouts")
     run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
     out = run_.path / "verdicts"
