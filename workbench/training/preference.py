@@ -119,13 +119,10 @@ class DPOTrainConfig(PolicyTrainConfig):
 
 @register_job("train", method="hypo")
 @dataclass
-class HyPOTrainConfig(PolicyTrainConfig):
-    dpo: DPOSection = field(default_factory=DPOSection)
-    hypo: HyPOSection = field(default_factory=HyPOSection)
+class HyPOTrainConfig(DPOTrainConfig):
+    """DPO's recipe plus the `hypo` section (the online KL term)."""
 
-    def validate(self):
-        if not self.data.path:
-            raise ValueError("data.path is required: the preference pairs")
+    hypo: HyPOSection = field(default_factory=HyPOSection)
 
 
 @register_job("train", method="grpo")
