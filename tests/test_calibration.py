@@ -26,19 +26,29 @@ JUDGED = [0, 2, 2, 3, 2, None, 1, 1]
 KAPPA_Q, KAPPA_L, KAPPA_U = 88 / 109, 38 / 59, 17 / 38
 RHO = 22.5 / math.sqrt(26.5 * 25.5)
 
+# Tolerances, float64 (u = 2^-53 = 1.1e-16): every statistic here is a handful of sums over 7 pairs or 16 cells of
+# small integers (exact) followed by a few divisions, products and a square root -- no cancellation worse than the
+# kappas' 1 - x with x >= 0.19: a few tens of roundings, < 1e-14 absolute. 1e-12 leaves 100x; the bugs that matter
+# (a None read as grade 0, ordinal instead of average ranks for ties, n - 1 vs n, linear vs quadratic weights) move
+# these values by > 1e-2.
+TOL = 1e-12
+U64 = 2.0 ** -53
+
 
 def test_report_by_hand():
     r = calibration_report(INTENDED, JUDGED)
     assert r["confusion"] == [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
     assert (r["n"], r["n_judged"], r["n_unparseable"]) == (8, 7, 1)
-    assert r["unparseable_rate"] == pytest.approx(1 / 8)
-    assert r["kappa_quadratic"] == pytest.approx(KAPPA_Q, abs=1e-12)
-    assert r["kappa_linear"] == pytest.approx(KAPPA_L, abs=1e-12)
-    assert r["kappa_unweighted"] == pytest.approx(KAPPA_U, abs=1e-12)
-    assert r["spearman"] == pytest.approx(RHO, abs=1e-12)
-    assert r["exact_agreement"] == pytest.approx(4 / 7)
+    # rates and means: an exact integer count over n, one correctly rounded division (at most 2 roundings if taken as a
+    # mean of 0/1 values): 2 u relative
+    assert r["unparseable_rate"] == pytest.approx(1 / 8, rel=2 * U64)
+    assert r["kappa_quadratic"] == pytest.approx(KAPPA_Q, abs=TOL)
+    assert r["kappa_linear"] == pytest.approx(KAPPA_L, abs=TOL)
+    assert r["kappa_unweighted"] == pytest.approx(KAPPA_U, abs=TOL)
+    assert r["spearman"] == pytest.approx(RHO, abs=TOL)
+    assert r["exact_agreement"] == pytest.approx(4 / 7, rel=2 * U64)
     assert r["within_one_agreement"] == 1.0
-    assert r["mean_gap"] == pytest.approx(1 / 7)  # judged - intended: (0,1,0,0,-1,0,1)
+    assert r["mean_gap"] == pytest.approx(1 / 7, rel=2 * U64)  # judged - intended: (0,1,0,0,-1,0,1)
     assert r["per_grade"]["2"] == {"n": 1, "unparseable": 1, "agreement": 1.0, "mean_judged": 2.0}
     assert r["per_grade"]["3"] == {"n": 2, "unparseable": 0, "agreement": 0.5, "mean_judged": 2.5}
 
@@ -46,7 +56,8 @@ def test_report_by_hand():
 def test_unparseable_is_not_grade_zero():
     # Reading None as 0 would add a (2, 0) disagreement and change every statistic; it must not.
     as_zero = calibration_report(INTENDED, [0 if g is None else g for g in JUDGED])
-    assert as_zero["kappa_quadratic"] != pytest.approx(KAPPA_Q)
+    # the same TOL as above: anything beyond rounding is a different value (here it differs by ~0.2)
+    assert as_zero["kappa_quadratic"] != pytest.approx(KAPPA_Q, abs=TOL)
     assert calibration_report(INTENDED, JUDGED)["confusion"][2][0] == 0
 
 

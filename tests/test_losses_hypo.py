@@ -1,11 +1,17 @@
-"""HyPO's KL term: value and gradient against hand computations; it drives the reverse KL to 0."""
+"""HyPO's KL term: value and gradient against hand computations; it drives the reverse KL to 0.
 
+Tolerances come from error analyses in units of the float32 unit roundoff U32 = 2^-24 (6e-8): the log-probs here are
+float32 (``workbench.logprobs`` upcasts logits to float32 -- and so rounds a float64 model's logits to it).
+"""
 
+import math
 
 import pytest
 import torch
 
 from workbench.losses.hypo import needs_policy_samples, needs_reference, reverse_kl_term, rloo_baseline
+
+U32 = 2.0 ** -24  # float32's unit roundoff
 
 
 def test_flags():
@@ -14,8 +20,9 @@ def test_flags():
 
 def test_rloo_baseline_by_hand():
     v = torch.tensor([[1.0, 2.0, 6.0]])
-    # b_0 = (2+6)/2 = 4, b_1 = (1+6)/2 = 3.5, b_2 = (1+2)/2 = 1.5
-    assert torch.allclose(rloo_baseline(v), torch.tensor([[4.0, 3.5, 1.5]]))
+    # b_0 = (2+6)/2 = 4, b_1 = (1+6)/2 = 3.5, b_2 = (1+2)/2 = 1.5. Small integers and halves: every intermediate
+    # (sums, differences, / 2) is exact in float32 in any order, so equality, not a tolerance.
+    assert torch.equal(rloo_baseline(v), torch.tensor([[4.0, 3.5, 1.5]]))
     assert torch.equal(rloo_baseline(torch.tensor([[5.0]])), torch.zeros(1, 1))
 
 
@@ -25,10 +32,11 @@ def test_value_and_gradient_by_hand():
     ref = torch.tensor([[-2.0, -2.5]])
     surrogate, kl = reverse_kl_term(lp, ref)
     # r = lp - ref = [1.0, -0.5]; KL estimate = mean r = 0.25
-    assert kl.item() == pytest.approx(0.25) and surrogate.item() == pytest.approx(0.25)
+    # Dyadic inputs (halves): r, its mean, b, r - b and / (B k) = / 2 are all exact in float32, so exact equality.
+    assert kl.item() == 0.25 and surrogate.item() == 0.25
     surrogate.backward()
     # b = [-0.5, 1.0]; r - b = [1.5, -1.5]; d/d lp_j = (r_j - b_j) / (B*k) = [0.75, -0.75]
-    assert torch.allclose(lp.grad, torch.tensor([[0.75, -0.75]]))
+    assert torch.equal(lp.grad, torch.tensor([[0.75, -0.75]]))
 
 
 def test_k1_gradient_equals_k2_estimator_gradient():
@@ -39,7 +47,9 @@ def test_k1_gradient_equals_k2_estimator_gradient():
     g_ours = lp.grad.clone()
     lp.grad = None
     (0.5 * (lp - ref) ** 2).sum().backward()
-    assert torch.allclose(g_ours, lp.grad)
+    # Both are the one float32 subtraction lp - ref = -0.9 (times 1 / (B k) = 1, or times d/dx x^2 / 2 = x): equal to
+    # a rounding or two, 4 u |lp - ref|. A non-zero baseline at k = 1 or a sign error fails it by ~0.9 or more.
+    assert (g_ours - lp.grad).abs().item() <= 4 * U32 * 0.9
 
 
 def test_gradient_on_a_tiny_model_matches_per_sample_autograd(tiny_llama):
@@ -66,21 +76,42 @@ def test_gradient_on_a_tiny_model_matches_per_sample_autograd(tiny_llama):
 
     r = (lp - ref_lp).detach()
     b = torch.stack([r[:, 1], r[:, 0]], dim=1)  # leave-one-out with k = 2: the other sample's r
+    adv = r - b
     expected = [torch.zeros_like(p) for p in params]
+    scale = [torch.zeros_like(p) for p in params]  # sum_ij |grad log pi_ij| / 4: the size the rounding acts on
     for i in range(2):
         for j in range(2):
             single = completion_logps(policy, [prompts[i]], [[samples[i][j]]], pad_id=0)[0, 0]
             grads = torch.autograd.grad(single, params, allow_unused=True)
-            for e, g in zip(expected, grads):
+            for e, sc, g in zip(expected, scale, grads):
                 if g is not None:
-                    e += (r[i, j] - b[i, j]) * g / 4
-    assert kl.item() == pytest.approx(r.mean().item())
-    for (name, _), g, e in zip(policy.named_parameters(), got, expected):
-        assert torch.allclose(g, e, rtol=1e-5, atol=1e-6), (name, (g - e).abs().max().item(), e.abs().max().item())
-    # the summed log-probs themselves match a plain teacher-forced forward pass
-    logits = policy(torch.tensor([prompts[0] + samples[0][0]])).logits[0].log_softmax(-1)
+                    e += adv[i, j] * g / 4
+                    sc += g.abs() / 4
+    # The same float32 tensor averaged both times: equal up to the 4-term sum's reassociation, 3 u sum |r| / 4.
+    assert kl.item() == pytest.approx(r.mean().item(), abs=3 * U32 * r.abs().mean().item())
+    # Per parameter tensor, normwise: the advantages are float32 differences of log-probs -- the code's
+    # (sum - r) / (k - 1) and this test's r_other round differently, up to 4 u max|r| absolute each -- and the
+    # surrogate's backward enters the network through float32 logits ((adv / 4) (onehot - softmax) over V = 512:
+    # ~log2 V + 3 = 12 roundings, 16 u with a margin, relative to |adv|), which the float64 network carries to each
+    # entry with its cancellations: so the scale is the tensor's largest sum_ij |grad log pi_ij| / 4, not the entry's.
+    # ~5e-7 of that scale here. A wrong baseline (own sample included), 1/B instead of 1/(B k), or r not detached all
+    # move a gradient by > 10% of it.
+    adv_max = adv.abs().max().item()
+    for (name, _), g, e, sc in zip(policy.named_parameters(), got, expected, scale):
+        tol = U32 * (4 * r.abs().max().item() + 16 * adv_max) * sc.max().item()
+        assert (g - e).abs().max().item() <= tol, (name, (g - e).abs().max().item(), tol)
+    # the summed log-probs themselves match a plain teacher-forced forward pass (float64 here, float32 in lp): per
+    # token, logit - logsumexp over V in float32 errs by <= u (|logit| + |lse|) (the subtraction, the upcast
+    # rounding) + (log2 V + 3) u (the V-term sum); two tokens and their sum. x2 margin. A position off by one (the
+    # logit predicting the token itself) or a sum over the prompt tokens moves it by > 1.
+    full = policy(torch.tensor([prompts[0] + samples[0][0]])).logits[0]  # (T, V) float64
+    logits = full.log_softmax(-1)
     by_hand = logits[2, 10] + logits[3, 11]
-    assert lp[0, 0].item() == pytest.approx(by_hand.item())
+    lse = full.logsumexp(-1)
+    per_token = [abs(full[t, y].item()) + abs(lse[t].item()) + math.log2(full.shape[-1]) + 3
+                 for t, y in ((2, 10), (3, 11))]
+    tol = 2 * U32 * (sum(per_token) + abs(by_hand.item()))
+    assert lp[0, 0].item() == pytest.approx(by_hand.item(), abs=tol)
 
 
 def test_kl_term_alone_drives_reverse_kl_to_zero():

@@ -18,6 +18,9 @@ def unit(deg):
     return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
 
 
+U64 = 2.0 ** -53  # float64's unit roundoff (1.1e-16); tolerances below are counted in it
+
+
 # Queries qA 0deg, qB 55deg, qC 125deg, qD 30deg; documents dA 10, dB 55, dC 60, dX 200 (a distractor).
 # Pairs: qA->dA, qB->dB, qC->dC, qD->dC (two queries share dC).
 Q = np.array([unit(a) for a in (0, 55, 125, 30)])
@@ -36,7 +39,10 @@ def test_dual_consistency_ranks_by_hand():
     res = dual_consistency(Q, D, POS, k=2, threshold=0.0)
     assert res.doc_rank.tolist() == DOC_RANK
     assert res.query_rank.tolist() == QUERY_RANK
-    np.testing.assert_allclose(res.similarity, [math.cos(math.radians(a)) for a in (10, 0, 65, 30)], atol=1e-12)
+    # float64: the angles in radians (2 roundings of <= 3.5, so <= 8 u in the cosine, twice), cos/sin (1 ulp each),
+    # the re-normalisation (~5 u) and a 2-term dot product (2 u): ~30 u. 64 u = 7e-15; similarities taken in float32
+    # (1e-7 off) or a cosine of the wrong pair (> 0.01 off) fail it.
+    np.testing.assert_allclose(res.similarity, [math.cos(math.radians(a)) for a in (10, 0, 65, 30)], atol=64 * U64)
 
 
 @pytest.mark.parametrize("k, threshold, bidirectional, expected", [
@@ -86,7 +92,11 @@ def test_text_wrapper_on_tiny_bert(tiny_bert):
     # each query's positive is its own text: cosine 1, so it tops both directions
     res = dual_consistency_texts(texts, texts, [0, 1, 2, 3], tiny_bert, k=1, threshold=0.999)
     assert res.keep.all()
-    np.testing.assert_allclose(res.similarity, 1.0, atol=1e-5)
+    # The float32 embeddings are re-normalised in float64, and for unit vectors cos(a, b) = 1 - |a - b|^2 / 2: even
+    # if the two encode calls batched differently (float32 forward passes then differ by ~1e-6), the cosine is
+    # 1 - 5e-13, plus (h + 4) u = 4e-15 for h = 32. 1e-9 keeps a margin; similarities taken in float32 (1e-7 off)
+    # or a query matched to another text (cosine < 0.99 here) fail it.
+    np.testing.assert_allclose(res.similarity, 1.0, atol=1e-9)
     assert not dual_consistency_texts(texts, texts, [0, 1, 2, 3], tiny_bert, k=1, threshold=1.01).keep.any()
 
 
@@ -94,17 +104,22 @@ def test_text_wrapper_on_tiny_bert(tiny_bert):
 
 
 def test_tau_schedules_by_hand():
+    # float64, <= 6 roundings (and pow/cos within an ulp) on quantities <= start = .05, with cancellation when a
+    # schedule lands on end = .001 (.05 - .049): absolute, 8 u * .05 = 4e-17. t = step / total instead of
+    # step / (total - 1), or the cosine's (1 - cos) / 2, are off by > 1e-3.
+    tol = 8 * U64 * 0.05
     # t = step / (total - 1) = 2 / 4 = 0.5
-    assert tau_schedule("linear", 0.05, 0.001, 2, 5) == pytest.approx(0.0255)  # .05 + (.001 - .05) * .5
-    assert tau_schedule("geometric", 0.05, 0.001, 2, 5) == pytest.approx(math.sqrt(5e-5))  # .05 * (.02) ** .5
-    assert tau_schedule("cosine", 0.05, 0.001, 2, 5) == pytest.approx(0.0255)  # (1 + cos(pi/2)) / 2 = .5
-    # t = 1 / 4: cosine = .001 + .049 * (1 + cos(pi/4)) / 2 = .001 + .049 * .853553 = .0428241
-    assert tau_schedule("cosine", 0.05, 0.001, 1, 5) == pytest.approx(0.0428241, abs=1e-7)
+    assert tau_schedule("linear", 0.05, 0.001, 2, 5) == pytest.approx(0.0255, abs=tol)  # .05 + (.001 - .05) * .5
+    assert tau_schedule("geometric", 0.05, 0.001, 2, 5) == pytest.approx(math.sqrt(5e-5), abs=tol)  # .05 * .02 ** .5
+    assert tau_schedule("cosine", 0.05, 0.001, 2, 5) == pytest.approx(0.0255, abs=tol)  # (1 + cos(pi/2)) / 2 = .5
+    # t = 1 / 4: cosine = .001 + .049 * (1 + cos(pi/4)) / 2, cos(pi/4) = sqrt(1/2): .001 + .049 * .853553 = .0428241
+    by_hand = 0.001 + 0.049 * (1 + math.sqrt(0.5)) / 2
+    assert tau_schedule("cosine", 0.05, 0.001, 1, 5) == pytest.approx(by_hand, abs=tol)
     assert tau_schedule("constant", 0.05, 0.001, 3, 5) == 0.05
     for kind in ("linear", "cosine", "geometric"):
-        assert tau_schedule(kind, 0.05, 0.001, 0, 5) == pytest.approx(0.05)
-        assert tau_schedule(kind, 0.05, 0.001, 4, 5) == pytest.approx(0.001)
-        assert tau_schedule(kind, 0.05, 0.001, 99, 5) == pytest.approx(0.001)  # clipped past the end
+        assert tau_schedule(kind, 0.05, 0.001, 0, 5) == pytest.approx(0.05, abs=tol)
+        assert tau_schedule(kind, 0.05, 0.001, 4, 5) == pytest.approx(0.001, abs=tol)
+        assert tau_schedule(kind, 0.05, 0.001, 99, 5) == pytest.approx(0.001, abs=tol)  # clipped past the end
     assert tau_schedule("linear", 0.05, 0.001, 0, 1) == 0.05  # a single step sits at the start
     with pytest.raises(ValueError, match="geometric"):
         tau_schedule("geometric", 0.0, 0.001, 0, 3)
@@ -128,7 +143,8 @@ def test_first_draw_matches_softmax():
     # p_j = exp(s_j / tau) / sum: s/tau = 3, 2, 1, 0 -> e^3, e^2, e, 1 over 31.19 = .6439, .2369, .0871, .0321
     scores, tau, n = np.array([0.3, 0.2, 0.1, 0.0]), 0.1, 20000
     p = np.exp(scores / tau) / np.exp(scores / tau).sum()
-    np.testing.assert_allclose(p, [0.6439, 0.2369, 0.0871, 0.0321], atol=1e-4)
+    # the hand values are rounded to 4 decimals (<= 5e-5 off); float64 adds ~1e-16
+    np.testing.assert_allclose(p, [0.6439, 0.2369, 0.0871, 0.0321], atol=5e-5 + 1e-12)
     rng = np.random.default_rng(123)
     first = [sample_negatives(scores, 1.0, 1, tau, 1.0, rng)[0] for _ in range(n)]
     counts = np.bincount(first, minlength=4)
@@ -141,7 +157,8 @@ def test_second_draw_is_without_replacement():
     p = np.exp(scores / tau) / np.exp(scores / tau).sum()
     cells = [(i, j) for i in range(3) for j in range(3) if i != j]
     expected = np.array([p[i] * p[j] / (1 - p[i]) for i, j in cells])
-    assert expected.sum() == pytest.approx(1.0)
+    # 12 cells of 3 roundings each (1 - p_i, the product, the division) and a 12-term sum: <= 48 u
+    assert expected.sum() == pytest.approx(1.0, abs=48 * U64)
     rng = np.random.default_rng(7)
     draws = [tuple(sample_negatives(scores, 1.0, 2, tau, 1.0, rng)) for _ in range(n)]
     assert all(a != b for a, b in draws)
@@ -180,9 +197,17 @@ def test_st_baseline_agrees_with_cold_sampler(tiny_bert):
               "central banks and interest rates", "credit score factors", "index fund fees", "smoking and cancer",
               "coffee and blood pressure", "sleep and memory"]
     query, positive = "does vitamin d help bones", "vitamin d supports bone mineral density"
-    got = mine_st([query], [[positive]], corpus, model, num_negatives=3, false_neg_ratio=0.9, sampling="top")[0]
+    # tiny-bert's cosines here all lie in [.93, .98] (positive: .975). Ratio .97 cuts at .946, 3.7e-3 from the
+    # nearest score, and keeps 3 of 10, each >= 2.7e-3 from the next: the two pipelines' float32 scores (~1e-6 apart)
+    # cannot re-cut or reorder them on any machine. (With .9 the cut, .877, dropped every document and both sides
+    # returned [], so the comparison could not fail.)
+    ratio = 0.97
+    got = mine_st([query], [[positive]], corpus, model, num_negatives=3, false_neg_ratio=ratio, sampling="top")[0]
     q, pos, c = embed(model, [query]), embed(model, [positive]), embed(model, corpus)
     scores = (c @ q[0]).astype(np.float64)
-    ours = sample_negatives(scores, float(pos[0] @ q[0]), 3, 0.0, 0.9, np.random.default_rng(0))
-    assert got == [corpus[i] for i in ours]
-    assert positive not in got and len(got) <= 3
+    s_pos = float(pos[0] @ q[0])
+    ours = sample_negatives(scores, s_pos, 3, 0.0, ratio, np.random.default_rng(0))
+    assert len(got) == 3 and got == [corpus[i] for i in ours]
+    assert positive not in got
+    assert all(scores[i] <= ratio * s_pos for i in ours)  # below the false-negative cut...
+    assert max(scores) > ratio * s_pos  # ...which bit: the plain top 3 would differ
