@@ -53,13 +53,40 @@ def test_case_table(verifier, completion, reference, expected, rule):
     assert verdict.score == (1.0 if expected else 0.0)
 
 
+# The rule families of the module docstring (negations, ranges, alternatives, self-corrections, several
+# markers): each needs rows that must FAIL and rows that must still PASS, or a verifier that fails (or
+# passes) a whole family would go unnoticed by the table.
+FAMILIES = {
+    "negated": ["negated", "negated-isnt", "negated-is-not", "negated-cannot-be", "negated-never", "negated-neq",
+                "negated-neq-latex", "negated-wrong", "negated-incorrect", "negated-hash", "negated-boxed-text",
+                "negated-boxed-outside", "negated-after-marker", "negated-other-value", "negated-then-stated",
+                "not-negated-not-only", "not-negated-property", "not-negated-superseded", "not-negated-question"],
+    "range": ["range-between", "range-between-prose", "range-from-to", "range-hyphen", "range-en-dash", "range-to",
+              "range-boxed", "range-bound", "not-range-hyphen-working", "not-range-from-to-prose",
+              "not-range-between-working", "not-range-bound-working"],
+    "alternatives": ["alternatives-and", "alternatives-list", "alternatives-slash", "not-alternatives-fraction",
+                     "not-alternatives-same-value", "not-alternatives-working"],
+    "correction": ["correction-actually", "correction-no-wait", "correction-colon", "correction-i-said",
+                   "correction-wait-working", "correction-rejects", "correction-prose", "not-correction-no-value",
+                   "not-correction-wait-verb"],
+    "markers": ["markers-last-wins", "markers-restated", "markers-agree", "markers-phrase-without-value"],
+}
+
+
 def test_case_table_covers_the_rules():
     rules = {p.values[3] for p in CASE_PARAMS}
-    assert len(CASE_PARAMS) >= 35
+    assert len(CASE_PARAMS) >= 130
     for needed in ["hash", "boxed", "boxed-nested-fraction", "answer-is", "last-number", "thousands", "currency",
                    "units", "trailing-zero", "fraction-vs-decimal", "decimal-vs-fraction", "negative", "percent",
-                   "hedged-hash", "hedged-either", "hedged-boxed", "code", "empty", "wrong-answer"]:
+                   "hedged-hash", "hedged-either", "hedged-boxed", "code", "empty", "wrong-answer",
+                   "answer-is-working", *(rule for family in FAMILIES.values() for rule in family)]:
         assert needed in rules, needed
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_rule_family_has_rows_that_pass_and_rows_that_fail(family):
+    expected = {p.values[2] for p in CASE_PARAMS if p.values[3] in FAMILIES[family]}
+    assert expected == {True, False}, family
 
 
 @pytest.mark.parametrize("completion, reference, expected, rule", CASE_PARAMS)
@@ -117,6 +144,13 @@ def test_hedging_is_only_judged_on_the_final_answer(verifier, completion):
     ("", "empty completion"), ("   \n ", "empty completion"), (None, "empty completion"),
     ("I have no idea.", "no answer found"), ("####", "no answer found"), (r"\boxed{x}", "unparseable answer"),
     ("#### 41", "wrong answer"), ("#### 42", "correct"),
+    # what the text says about the value, in every place an answer can stand
+    ("The answer is not 42.", "rejected"), ("#### not 42", "rejected"), (r"\boxed{42} is wrong.", "rejected"),
+    ("#### 42\n42 is incorrect.", "rejected"), (r"\boxed{42}. Actually, 42 is wrong.", "rejected"),
+    ("The answer is between 40 and 45.", "range"), ("#### 40-45", "range"), (r"\boxed{\text{at least } 42}", "range"),
+    ("Perhaps between 40 and 42.", "range"), ("#### 42 or more", "range"),
+    ("The answer is 42 and 43.", "hedged"), ("#### 42, 43", "hedged"), (r"\boxed{42}/\boxed{43}", "hedged"),
+    ("\\boxed{41}\nNo wait, 42 or 43.", "hedged"),
 ])
 def test_reasons(verifier, completion, reason):
     verdict = verifier.verify("", completion, "42")
@@ -180,6 +214,36 @@ def test_works_in_worker_threads(verifier):
     with ThreadPoolExecutor(max_workers=4) as pool:
         verdicts = list(pool.map(lambda c: verifier.verify("", c, "0.75"), completions))
     assert all(v.passed for v in verdicts)
+
+
+def test_the_case_table_gives_the_same_verdicts_in_worker_threads(verifier):
+    """No shared mutable state: 4 threads over the whole table agree with one thread."""
+    args = [(c, r) for c, r, _, _ in (p.values for p in CASE_PARAMS)] * 2
+    alone = [verifier.verify("", c, r).details for c, r in args]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        threaded = list(pool.map(lambda a: verifier.verify("", *a).details, args))
+    assert threaded == alone
+
+
+# Adversarial completions for the new scans. A quadratic scan would take hours on these 20k repetitions
+# (about 10^5 characters each: 10^10 steps); the linear ones take well under a second each. Nothing is
+# timed: a regression shows up as a hung test, and the verdicts are checked.
+REPEATS = 20_000
+
+
+@pytest.mark.parametrize("completion, reason", [
+    ("The answer is not 1 " * REPEATS, "rejected"),  # answer phrases with nothing affirmed, one line
+    (r"\boxed{1} " + "not \\boxed{1} " * REPEATS, "rejected"),  # rejected boxes
+    (r"\boxed{2} " + "actually not 1 " * REPEATS, "rejected"),  # corrections that state nothing
+    (r"\boxed{1} " + "I said " * REPEATS, "correct"),  # "I said ... but" never closes
+    ("between 1 and " * REPEATS + "2", "range"),
+    ("The answer is " + "1-" * REPEATS + "2", "range"),  # a range chain past _MAX_CHAIN
+    ("The answer is " + "1 or " * REPEATS + "1", "hedged"),  # equal values past the cut still hedge
+    ("#### 1\n" + "wait, " * REPEATS, "correct"),
+    ("#### not 1\n" * REPEATS, "rejected"),
+])
+def test_adversarial_input_is_read_in_linear_time(verifier, completion, reason):
+    assert verifier.verify("", completion, "1").reason == reason
 
 
 def test_pathological_latex_is_refused_quickly(verifier):
