@@ -1,28 +1,47 @@
 """PromptReps: zero-shot dense + sparse representations from a causal LM's one-word answer.
 
 Zhuang, Ma, Koopman, Lin, Zuccon 2024, "PromptReps: Prompting Large Language Models to Generate Dense and Sparse
-Representations for Zero-Shot Document Retrieval" (arXiv:2404.18424). The LM is asked to represent the text by one
-word, and the representations are read off the last prompt position ``t`` (the position that predicts the word):
+Representations for Zero-Shot Document Retrieval" (EMNLP 2024, arXiv:2404.18424), as the authors' code runs it
+(github.com/ielab/PromptReps: ``prompts/<model>/{passage,query}_{prefix,suffix}.txt``, ``dataset.py``,
+``encode.py``, ``search.py``, ``hybrid.py``, and the BEIR commands of its README). The LM is asked to represent the
+text by one word, and the representations are read off the last prompt position ``t`` (the one that predicts it):
 
-* prompt (the paper's Fig. 1 / the authors' prompt files), rendered through the tokenizer's chat template::
+* prompt: the wording of the authors' prompt files (the same in every model's files; the paper's Fig. 1 words it
+  slightly differently), rendered through the tokenizer's chat template, which yields those files' text for the
+  models they cover (e.g. Llama-3-Instruct, Phi-3)::
 
       system:    You are an AI assistant that can understand human language.
-      user:      Passage: "<text>". Use one most important word to represent the passage in retrieval task.
-                 Make sure your word is in lowercase.
+      user:      Passage: "<text>". Use one word to represent the passage in a retrieval task. Make sure your
+                 word is in lowercase.
       assistant: The word is: "
 
-  (queries: ``Query`` / ``the query``). The text is truncated on its own tokens, so the instruction always survives.
+  (queries: ``Query`` / ``the query``). As in the authors' collator, the text (``title text``, stripped) is
+  tokenised on its own, cut to ``passage_max_tokens`` / ``query_max_tokens`` (512 both, the authors'
+  ``--passage_max_len`` / ``--query_max_len``) and put between the prompt's tokens, so the instruction survives;
 * dense: ``e = h_t / ||h_t||`` with ``h_t`` the final-layer hidden state at ``t`` (the LM head's input);
 * sparse: ``w = log(1 + relu(z_t))`` with ``z_t`` the next-token logits at ``t``, kept only on the tokens of
   the text: as in the authors' code, the text is lower-cased, split into words, stopwords dropped, and each word
   tokenised on its own; the ``sparse_max_terms`` (128) largest weights among those tokens are kept. A text with no
   such token keeps the 10 largest weights over the whole vocabulary (the authors' fallback);
-* scores: dense ``<e_q, e_d>`` (cosine), sparse ``<w_q, w_d>``; hybrid fuses the two ranked lists with
-  per-query min-max normalisation and weights ``alpha`` / ``1 - alpha`` (:func:`eval.search.minmax_fuse`).
+* scores: dense ``<e_q, e_d>`` (cosine), sparse ``<w_q, w_d>``; hybrid fuses the top-1000 dense and top-1000 sparse
+  lists (the authors' ``--depth 1000``; ``promptreps.fusion_depth``) with per-query min-max normalisation and weights
+  ``alpha`` / ``1 - alpha`` (:func:`eval.search.minmax_fuse`, the authors' ``hybrid.fuse``), then cuts to
+  ``search.top_k``.
 
-Deviations, all minor and stated: words come from the regex ``\\w+`` and scikit-learn's English stopword list (the
-authors use NLTK's tokenizer and list, which need a data download); weights stay float (the authors quantise them to
-integers x100 for a Lucene index, which only rounds scores).
+Differences from the authors' runs that remain (options where one is cheap):
+
+* words come from the regex ``\\w+`` and scikit-learn's English stopword list; the authors use NLTK's
+  ``word_tokenize`` and NLTK's list plus punctuation, which need a data download (e.g. "don't": ours ``don``, ``t``;
+  NLTK ``do``, ``n't``);
+* sparse weights stay float by default; ``promptreps.sparse_quantize: true`` rounds them to the integers
+  ``rint(100 w)`` of the authors' Lucene impact index (which only rounds scores);
+* the authors write one prompt file per model; we render the model's own chat template, which gives the same text
+  for templates with a system role (Llama-3, Phi-3). A template without one (the authors' Mistral-7B-Instruct-v0.2
+  file puts the system sentence inside ``[INST]``) does whatever it does with a system message (an error, or
+  another placement); ``promptreps.chat: false`` uses a plain-text prompt instead;
+* the authors search with ``--remove_query`` (a document whose id equals the query id is dropped from the ranking,
+  BEIR's ``ignore_identical_ids``); we never drop documents from a run;
+* the authors' GPU FAISS index stores float16 vectors; our exact search scores in float32.
 """
 
 from __future__ import annotations
@@ -35,7 +54,8 @@ import numpy as np
 from eval.encoders import ModelLoadError, pick_device, torch_dtype
 
 SYSTEM_PROMPT = "You are an AI assistant that can understand human language."
-USER_PROMPT = ('{Kind}: "{text}". Use one most important word to represent the {kind} in retrieval task. '
+# ielab/PromptReps prompts/*/{passage,query}_suffix.txt (every model's files word it so)
+USER_PROMPT = ('{Kind}: "{text}". Use one word to represent the {kind} in a retrieval task. '
                "Make sure your word is in lowercase.")
 ANSWER_PREFIX = 'The word is: "'
 FALLBACK_TERMS = 10
@@ -50,9 +70,10 @@ def _stopwords() -> frozenset[str]:
 
 
 class PromptRepsEncoder:
-    def __init__(self, path: str, *, passage_max_tokens: int = 512, query_max_tokens: int = 64,
-                 sparse_max_terms: int = 128, batch_size: int = 16, chat: bool = True, device: str = "auto",
-                 dtype: str = "float32", trust_remote_code: bool = False, show_progress: bool = True):
+    def __init__(self, path: str, *, passage_max_tokens: int = 512, query_max_tokens: int = 512,
+                 sparse_max_terms: int = 128, sparse_quantize: bool = False, batch_size: int = 16, chat: bool = True,
+                 device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False,
+                 show_progress: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.path, self.device = path, pick_device(device)
@@ -70,6 +91,7 @@ class PromptRepsEncoder:
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.max_tokens = {"passage": passage_max_tokens, "query": query_max_tokens}
         self.sparse_max_terms, self.batch_size, self.chat = sparse_max_terms, batch_size, chat
+        self.sparse_quantize = sparse_quantize
         self.dtype, self.show_progress = dtype, show_progress
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.parts = {k: self._prompt_parts(k) for k in ("passage", "query")}
@@ -89,14 +111,16 @@ class PromptRepsEncoder:
         return (self.tok.encode(before, add_special_tokens=False), self.tok.encode(after, add_special_tokens=False))
 
     def prompt_ids(self, text: str, kind: str) -> list[int]:
-        """prefix + the text's own tokens (truncated to the kind's budget) + suffix, as in the authors' collator."""
+        """prefix + the text's own tokens (truncated to the kind's budget) + suffix, as in the authors' collator
+        (which strips the text: ``f"{title} {text}".strip()`` / ``query.strip()``)."""
         pre, post = self.parts[kind]
-        ids = self.tok.encode(text, add_special_tokens=False)[:self.max_tokens[kind]]
+        ids = self.tok.encode(text.strip(), add_special_tokens=False)[:self.max_tokens[kind]]
         return pre + ids + post
 
     def settings(self) -> dict:
         return {"kind": "promptreps", "system": SYSTEM_PROMPT, "user": USER_PROMPT, "answer": ANSWER_PREFIX,
                 "chat": self.chat, "max_tokens": self.max_tokens, "sparse_max_terms": self.sparse_max_terms,
+                "sparse_quantize": self.sparse_quantize,
                 "stopwords": "sklearn-english", "dtype": self.dtype, "prefix": self.parts["passage"][0],
                 "suffix": self.parts["passage"][1]}
 
@@ -122,7 +146,9 @@ class PromptRepsEncoder:
         if ids.size > keep:
             top = np.argpartition(-vals, keep - 1)[:keep]
             ids, vals = ids[top], vals[top]
-        nz = vals > 0  # relu zeros carry no weight
+        if self.sparse_quantize:  # the authors' integer impacts: np.rint(w * 100)
+            vals = np.rint(vals * 100.0)
+        nz = vals > 0  # relu zeros (and, quantised, weights below 0.005) carry no weight
         order = np.argsort(ids[nz])
         return ids[nz][order], vals[nz][order]
 

@@ -7,8 +7,12 @@
   shards, or one .parquet/.jsonl file): the corpus is every distinct document text of every row (id
   ``doc-<sha1[:16]>`` of the text), and query q's qrels are the grades of its own row.
 
-Queries without a relevant (grade > 0) judgement cannot score anything but 0.0: they are dropped and counted, and
-if none is left the eval stops with an error rather than report 0.0.
+The qrels reach the metrics as given (see :mod:`eval.metrics`): judgements that name documents missing from the
+corpus stay (counted, and reported on one stderr line) unless ``metrics.judgements_outside_corpus: drop``, and
+judged queries without text in queries.jsonl stay too (the run cannot have them, so they score 0, as under
+``trec_eval -c``). The queries searched are the judged queries that have text. If no judgement at or above the
+relevance threshold names a document of the corpus, every metric would be 0.0: the eval stops with an error
+instead (almost always qrels doc ids that do not match the corpus ``_id`` s).
 """
 
 from __future__ import annotations
@@ -53,46 +57,45 @@ class DatasetConfig:
 class RetrievalData:
     corpus_ids: list[str]
     corpus_texts: list[str]
-    query_ids: list[str]  # only the evaluated queries (each has a relevant judgement)
+    query_ids: list[str]  # the judged queries that have text: the ones searched
     query_texts: list[str]
-    qrels: dict[str, dict[str, int]]
+    qrels: dict[str, dict[str, int]]  # as given (see the module docstring): what the metrics read
     source: str
     counts: dict = field(default_factory=dict)
 
 
-def load_data(cfg: DatasetConfig) -> RetrievalData:
+def load_data(cfg: DatasetConfig, relevance_threshold: int = 1,
+              judgements_outside_corpus: Literal["keep", "drop"] = "keep") -> RetrievalData:
+    """The collection, its judged queries and its qrels (``relevance_threshold`` only serves the sanity check that
+    some relevant judgement names a corpus document; ``judgements_outside_corpus`` is ``metrics.*`` of the recipe)."""
     if cfg.kind == "listwise":
         data = _load_listwise(Path(cfg.path), cfg.column_map)
     else:
         folder = Path(cfg.path) if cfg.kind == "beir" else download_beir(cfg.name, cfg.split)
         data = _load_beir(folder, cfg.split)
-    return _finish(data)
+    return _finish(data, relevance_threshold, judgements_outside_corpus)
 
 
 # ----------------------------------------------------------------------------------------------- BEIR
 
 
 def _load_beir(folder: Path, split: str) -> RetrievalData:
-    from workbench.data.beir import doc_text, load_split
+    from workbench.data.beir import doc_text, load_corpus, load_qrels, load_queries
 
     if not folder.is_dir():
         raise DataError(f"{folder}: BEIR folder not found (dataset.path); it must hold corpus.jsonl, queries.jsonl "
                         "and qrels/<split>.tsv")
-    sp = load_split(folder, split)
-    for what, ids, file in (("doc", sp.corpus, "corpus.jsonl"), ("query", sp.queries, "queries.jsonl")):
+    # Not load_split: that view drops judgements on missing documents, which the metrics must keep.
+    corpus, queries, qrels = load_corpus(folder), load_queries(folder), load_qrels(folder, split)
+    for what, ids, file in (("doc", corpus, "corpus.jsonl"), ("query", queries, "queries.jsonl")):
         bad = next((i for i in ids if not i or any(c.isspace() for c in i)), None)
         if bad is not None:
             raise DataError(f"{folder / file}: {what} _id {bad!r} is empty or holds whitespace; TREC run files "
                             "cannot carry it. Use ids without spaces.")
-    judged = sum(len(d) for d in sp.qrels.values())
-    if sp.dropped.get("qrels_missing_query") or sp.dropped.get("qrels_missing_doc"):
-        print(f"[eval] {folder}/qrels/{split}.tsv: {sp.dropped['qrels_missing_query']} judged queries are not in "
-              f"queries.jsonl and {sp.dropped['qrels_missing_doc']} judgements name documents not in corpus.jsonl; "
-              "they are left out (counted in results.json)", file=sys.stderr)
-    ids = list(sp.corpus)
-    return RetrievalData(ids, [doc_text(sp.corpus[d]) for d in ids], list(sp.queries),
-                         [sp.queries[q] for q in sp.queries], sp.qrels, f"beir:{folder}:{split}",
-                         {**sp.dropped, "judgements": judged})
+    qids = [q for q in qrels if q in queries]  # judged queries with text, in qrels order
+    ids = list(corpus)
+    return RetrievalData(ids, [doc_text(corpus[d]) for d in ids], qids, [queries[q] for q in qids], qrels,
+                         f"beir:{folder}:{split}", {"qrels_file": str(folder / "qrels" / f"{split}.tsv")})
 
 
 def download_beir(name: str, split: str) -> Path:
@@ -237,27 +240,44 @@ def _load_listwise(path: Path, column_map: dict[str, str]) -> RetrievalData:
     return RetrievalData(ids, [corpus[d] for d in ids], list(queries), [queries[q] for q in queries],
                          {q: d for q, d in qrels.items() if d}, f"listwise:{path}",
                          {"rows": len(rows), "empty_docs_skipped": empty_docs, "duplicate_docs_in_row": dup_in_row,
-                          "judgements": sum(len(d) for d in qrels.values()),
                           "queries_all_docs_empty": sum(1 for d in qrels.values() if not d)})
 
 
 # ----------------------------------------------------------------------------------------------- common checks
 
 
-def _finish(data: RetrievalData) -> RetrievalData:
+def _finish(data: RetrievalData, threshold: int, outside_corpus: str) -> RetrievalData:
     if not data.corpus_ids:
         raise DataError(f"{data.source}: the corpus is empty; nothing to retrieve")
-    keep = [i for i, q in enumerate(data.query_ids) if q in data.qrels and any(g > 0 for g in data.qrels[q].values())]
-    dropped = len(data.query_ids) - len(keep)
-    if not keep:
-        raise DataError(f"{data.source}: no query has a relevant (grade > 0) judgement on a document in the corpus "
-                        f"({len(data.query_ids)} queries judged); every metric would be 0.0. Check the qrels split "
-                        "and that its doc ids match the corpus _ids.")
-    if dropped:
-        print(f"[eval] {dropped} queries without a relevant judgement are left out (they can only score 0.0)",
+    where = data.counts.pop("qrels_file", data.source)
+    in_corpus = set(data.corpus_ids)
+    searched = set(data.query_ids)
+    outside = [(q, d, g) for q, docs in data.qrels.items() for d, g in docs.items() if d not in in_corpus]
+    no_text = [q for q in data.qrels if q not in searched]
+    qrels = data.qrels
+    if outside:
+        n_rel = sum(1 for _, _, g in outside if g >= threshold)
+        if outside_corpus == "drop":
+            qrels = {q: {d: g for d, g in docs.items() if d in in_corpus} for q, docs in qrels.items()}
+            qrels = {q: docs for q, docs in qrels.items() if docs}
+            fate = "they are LEFT OUT (metrics.judgements_outside_corpus: drop; not trec_eval on the file as given)"
+        else:
+            fate = "they stay in the qrels (they count in recall and the ideal DCG, as in trec_eval)"
+        print(f"[eval] {where}: {len(outside)} judgements ({n_rel} at grade >= {threshold}) name documents that are "
+              f"not in the corpus; {fate}", file=sys.stderr)
+    if no_text:
+        print(f"[eval] {where}: {len(no_text)} judged queries (e.g. {no_text[0]!r}) have no text in queries.jsonl; "
+              "they cannot be searched and score 0 (as trec_eval -c scores a query missing from the run)",
               file=sys.stderr)
-    qids = [data.query_ids[i] for i in keep]
-    data.counts = {"docs": len(data.corpus_ids), "queries": len(qids), "queries_without_relevant": dropped,
-                   "empty_docs": sum(1 for t in data.corpus_texts if not t.strip()), **data.counts}
-    return RetrievalData(data.corpus_ids, data.corpus_texts, qids, [data.query_texts[i] for i in keep],
-                         {q: data.qrels[q] for q in qids}, data.source, data.counts)
+    if not any(g >= threshold and d in in_corpus for docs in qrels.values() for d, g in docs.items()):
+        raise DataError(f"{data.source}: no query has a relevant (grade >= {threshold}) judgement on a document in "
+                        f"the corpus ({len(qrels)} queries judged); every metric would be 0.0. Check the qrels split "
+                        "and that its doc ids match the corpus _ids.")
+    qids = [q for q in data.query_ids if q in qrels]
+    texts = dict(zip(data.query_ids, data.query_texts))
+    counts = {"docs": len(data.corpus_ids), "queries_judged": len(qrels), "queries_searched": len(qids),
+              "empty_docs": sum(1 for t in data.corpus_texts if not t.strip()),
+              "judgements": sum(len(d) for d in data.qrels.values()), "qrels_missing_doc": len(outside),
+              "qrels_missing_query": len(no_text), **data.counts}
+    return RetrievalData(data.corpus_ids, data.corpus_texts, qids, [texts[q] for q in qids], qrels, data.source,
+                         counts)

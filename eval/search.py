@@ -117,12 +117,14 @@ def to_run(query_ids: list[str], doc_ids: list[str], scores: np.ndarray, idx: np
 
 
 def minmax_fuse(runs: list[dict[str, dict[str, float]]], weights: list[float]) -> dict[str, dict[str, float]]:
-    """Weighted sum of per-query min-max normalised scores: the PromptReps hybrid (Zhuang et al. 2024), which the
-    authors compute with ranx ``fuse(norm="min-max", method="wsum")``.
+    """Weighted sum of per-query min-max normalised scores: the PromptReps hybrid (Zhuang et al. 2024), as the
+    authors' ``hybrid.fuse`` (ielab/PromptReps) computes it.
 
     For run r and query q, ``norm_r(d) = (s_r(d) - min_q s_r) / (max_q s_r - min_q s_r)`` over the documents r
-    retrieved for q; ``fused(d) = sum_r w_r * norm_r(d)``, a document r did not retrieve contributing 0. As in ranx
-    (which the authors used), the denominator is floored at 1e-9, so a list of equal scores normalises to 0.
+    retrieved for q; ``fused(d) = sum_r w_r * norm_r(d)``, a document r did not retrieve contributing 0. As in the
+    authors' code, the denominator is floored at 1e-9, so a list of equal scores normalises to 0. The min and max
+    are over the whole list passed in, so its depth matters: the authors fuse their depth-1000 lists (see
+    ``promptreps.fusion_depth``) and this returns every fused document (cut it afterwards).
     """
     if len(runs) != len(weights):
         raise ValueError("one weight per run")

@@ -1,6 +1,8 @@
-"""The retrieval eval: tiny models on the tiny BEIR fixture, metrics against pytrec_eval on the saved run file,
-the embedding cache, BM25, PromptReps maths by hand on tiny-llama, and every bad-input case."""
+"""The retrieval eval: tiny models on the tiny BEIR fixture, metrics against pytrec_eval on the saved run file and
+on the unmodified graded qrels (trec_tiny: missing documents, threshold 2, a query the run misses) and by hand, the
+embedding cache, BM25, PromptReps maths by hand on tiny-llama, and every bad-input case."""
 
+import csv
 import json
 import math
 import shutil
@@ -18,6 +20,7 @@ from workbench.errors import DataError, WorkbenchError
 from conftest import FIXTURES, REPO
 
 BEIR_TINY = FIXTURES / "beir_tiny"
+TREC_TINY = FIXTURES / "trec_tiny"
 TINY_RECIPE = REPO / "recipes" / "tiny" / "eval_retrieval.yaml"
 
 
@@ -87,16 +90,19 @@ def test_tiny_recipe_runs_and_metrics_match_pytrec_eval_on_the_run_file(tmp_path
         assert [r for r, _, _ in rows] == list(range(1, len(rows) + 1))
         assert all(a[2] >= b[2] for a, b in zip(rows, rows[1:]))
     qrels = read_qrels(BEIR_TINY / "qrels" / "test.tsv")
-    ev = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.1,3,5,10,100", "recall.10,100", "map_cut.100"})
+    ev = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.1,3,5,10,100", "recall.10,100", "map_cut.100", "P.10"})
     ref = ev.evaluate(run)
+    # 4 queries: a mean of 4 doubles is off by at most a few ulps whatever the order of the sum
     for name, key in M.MEASURE_KEYS.items():
         want = sum(ref[q][key] for q in qrels) / len(qrels)
         assert saved["metrics"][name] == pytest.approx(want, abs=1e-12), name
-    mrr = []
+    mrr10, mrr = [], []
     for q in qrels:
         first = next((r for r, d, _ in sorted(ranks[q]) if qrels[q].get(d, 0) > 0), None)
-        mrr.append(1.0 / first if first is not None and first <= 10 else 0.0)
-    assert saved["metrics"]["MRR@10"] == pytest.approx(sum(mrr) / len(mrr), abs=1e-12)
+        mrr10.append(1.0 / first if first is not None and first <= 10 else 0.0)
+        mrr.append(1.0 / first if first is not None else 0.0)
+    assert saved["metrics"]["MRR@10"] == pytest.approx(sum(mrr10) / len(mrr10), abs=1e-12)
+    assert saved["metrics"]["MRR"] == pytest.approx(sum(mrr) / len(mrr), abs=1e-12)
     assert res["metrics"] == saved["metrics"]
 
     # A finished run with the same config is not redone.
@@ -187,12 +193,14 @@ def test_mrr_at_10_cuts_the_run_and_ties_follow_trec_eval():
     run = {"q": {**{f"n{i:02d}": 1.0 - i / 100 for i in range(10)}, "r": 0.5}}
     means, per_q, counts = M.evaluate(qrels, run)
     assert means["MRR@10"] == 0.0 and means["nDCG@10"] == 0.0
+    assert means["MRR"] == pytest.approx(1 / 11)  # the uncut reciprocal rank, named apart
     assert means["nDCG@100"] == pytest.approx(1 / math.log2(12))
     assert means["Recall@10"] == 0.0 and means["Recall@100"] == 1.0
     # r at rank 3: MRR 1/3, nDCG@10 = 1/log2(4)
     run = {"q": {"a": 0.9, "b": 0.8, "r": 0.7, "c": 0.1}}
     means, _, _ = M.evaluate(qrels, run)
     assert means["MRR@10"] == pytest.approx(1 / 3) and means["nDCG@10"] == pytest.approx(0.5)
+    assert means["MRR"] == pytest.approx(1 / 3) and means["P@10"] == pytest.approx(1 / 10)  # P@10 divides by 10
     # Ties: trec_eval orders by doc id descending, so "z" precedes "a"; the written ranks agree.
     assert [d for d, _ in M.ranked({"a": 1.0, "z": 1.0, "m": 2.0})] == ["m", "z", "a"]
     text = M.write_trec_run({"q": {"a": 1.0, "z": 1.0}}, "t")
@@ -200,6 +208,149 @@ def test_mrr_at_10_cuts_the_run_and_ties_follow_trec_eval():
     # A query the system returned nothing for scores 0 and is counted, not dropped from the mean.
     means, per_q, counts = M.evaluate({"q": {"r": 1}, "p": {"r": 1}}, {"q": {"r": 1.0}})
     assert per_q["p"]["nDCG@10"] == 0.0 and means["nDCG@10"] == 0.5 and counts["queries_with_empty_run"] == 1
+
+
+# ----------------------------------------------------------------------------------------------- graded qrels as given
+
+
+def raw_qrels(path: Path) -> dict:
+    """The qrels file read with plain csv code (not our loader): every line as given."""
+    qrels = {}
+    with open(path, newline="") as fh:
+        rows = csv.reader(fh, delimiter="\t")
+        next(rows)
+        for q, d, g in rows:
+            qrels.setdefault(q, {})[d] = int(g)
+    return qrels
+
+
+def load_trec_tiny(threshold: int):
+    from eval.retrieval_data import DatasetConfig, load_data
+
+    return load_data(DatasetConfig(kind="beir", path=str(TREC_TINY), split="test"), threshold)
+
+
+def test_metrics_equal_pytrec_eval_on_the_unmodified_qrels_and_a_hand_computation(capsys):
+    """trec_tiny: qa and qb judge documents missing from the corpus (m1 grade 2, m2 grade 1); qd has only a grade-1
+    document, so nothing relevant at threshold 2; the run misses qc; qe is judged but has no text; qb's two
+    documents tie at 2.0 (trec_eval puts d5 before d4: doc id descending, whatever the rank column says); the run's
+    qz is not judged."""
+    import pytrec_eval
+
+    data = load_trec_tiny(2)
+    err = capsys.readouterr().err
+    assert "2 judgements (1 at grade >= 2) name documents that are not in the corpus" in err
+    assert "1 judged queries (e.g. 'qe') have no text" in err
+    assert data.counts["qrels_missing_doc"] == 2 and data.counts["qrels_missing_query"] == 1
+    assert data.query_ids == ["qa", "qb", "qc", "qd"]  # the searchable ones
+    run = M.read_trec_run(TREC_TINY / "run.trec")
+    means, per_q, counts = M.evaluate(data.qrels, run, relevance_threshold=2)
+    assert sorted(per_q) == ["qa", "qb", "qc", "qd", "qe"] and counts["queries"] == 5
+    assert counts["queries_with_empty_run"] == 2 and counts["queries_without_relevant"] == 1
+
+    # (1) By hand, relevant = grade >= 2, DCG = sum g / log2(rank + 1).
+    # qa ranks d2(1) d1(3) d3(0) d5(-); relevant {d1, m1}: R = 2, the first relevant at rank 2.
+    # qb ranks d5(1) d4(2) d8(-); relevant {d4}: R = 1, at rank 2. Ideal gains qa: 3 2 1 0, qb: 2 1 1.
+    ndcg_qa = (1 + 3 / math.log2(3)) / (3 + 2 / math.log2(3) + 1 / math.log2(4))
+    ndcg_qb = (1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3) + 1 / math.log2(4))
+    hand = {"qa": {"Recall@10": 0.5, "MAP@100": (1 / 2) / 2, "MRR@10": 0.5, "MRR": 0.5, "P@10": 0.1,
+                   "nDCG@10": ndcg_qa, "nDCG@1": 1 / 3},
+            "qb": {"Recall@10": 1.0, "MAP@100": 0.5, "MRR@10": 0.5, "MRR": 0.5, "P@10": 0.1,
+                   "nDCG@10": ndcg_qb, "nDCG@1": 1 / 2},
+            # qd: nothing at grade >= 2, so 0 on the binary measures; nDCG reads grades: d7 (1) first = ideal
+            "qd": {"Recall@10": 0.0, "MAP@100": 0.0, "MRR@10": 0.0, "MRR": 0.0, "P@10": 0.0,
+                   "nDCG@10": 1.0, "nDCG@1": 1.0}}
+    for q, want in hand.items():  # the C code's arithmetic on a handful of doubles: a few ulps at most
+        for name, v in want.items():
+            assert per_q[q][name] == pytest.approx(v, abs=1e-12), (q, name)
+    for q in ("qc", "qe"):  # not in the run: 0 on everything, and in the mean
+        assert per_q[q] == {name: 0.0 for name in M.METRIC_NAMES}
+    assert means["Recall@10"] == pytest.approx((0.5 + 1.0) / 5, abs=1e-12)
+    assert means["MAP@100"] == pytest.approx((0.25 + 0.5) / 5, abs=1e-12)
+    assert means["nDCG@10"] == pytest.approx((ndcg_qa + ndcg_qb + 1.0) / 5, abs=1e-12)
+
+    # (2) pytrec_eval itself, on the qrels file read with csv and the run split by hand, mean over every qrels
+    # query (trec_eval -c); at threshold 2 and at the default 1.
+    raw_run = {}
+    for line in (TREC_TINY / "run.trec").read_text().splitlines():
+        q, _, d, _, score, _ = line.split()
+        raw_run.setdefault(q, {})[d] = float(score)
+    qrels = raw_qrels(TREC_TINY / "qrels" / "test.tsv")
+    for level in (2, 1):
+        ours = M.evaluate(load_trec_tiny(level).qrels, run, relevance_threshold=level)[0]
+        nd = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.1,3,5,10,100"}).evaluate(raw_run)
+        ev = pytrec_eval.RelevanceEvaluator(qrels, {"recall.10,100", "map_cut.100", "P.10", "recip_rank"},
+                                            relevance_level=level).evaluate(raw_run)
+        for name, key in {**M.NDCG_KEYS, **M.BINARY_KEYS, "MRR": "recip_rank"}.items():
+            table = nd if name.startswith("nDCG") else ev
+            want = sum(table[q][key] if q in table else 0.0 for q in qrels) / len(qrels)
+            assert ours[name] == pytest.approx(want, abs=1e-12), (level, name)
+    assert M.evaluate(load_trec_tiny(1).qrels, run)[1]["qa"]["MRR"] == 1.0  # at threshold 1, d2 counts
+
+
+def test_query_set_options():
+    data, run = load_trec_tiny(2), M.read_trec_run(TREC_TINY / "run.trec")
+    assert sorted(M.evaluate(data.qrels, run, relevance_threshold=2, queries="with_relevant")[1]) == \
+        ["qa", "qb", "qc", "qe"]  # qd has nothing at grade >= 2
+    assert sorted(M.evaluate(data.qrels, run, relevance_threshold=2, queries="run")[1]) == ["qa", "qb", "qd"]
+    means, _, _ = M.evaluate(data.qrels, run, relevance_threshold=2, queries="run")
+    assert means["MAP@100"] == pytest.approx((0.25 + 0.5 + 0.0) / 3, abs=1e-12)
+
+
+def test_exponential_gain_ndcg_by_hand():
+    """nDCG with gain 2^g - 1 (grades 3, 2, 1 -> 7, 3, 1), against the hand formula; linear stays the default."""
+    data, run = load_trec_tiny(2), M.read_trec_run(TREC_TINY / "run.trec")
+    _, per_q, _ = M.evaluate(data.qrels, run, relevance_threshold=2, ndcg_gain="exponential")
+    # qa: d2 (1 -> 1) at rank 1, d1 (3 -> 7) at rank 2; ideal 7, 3 (m1), 1, 0
+    want_qa = (1 + 7 / math.log2(3)) / (7 + 3 / math.log2(3) + 1 / math.log2(4))
+    # qb: d5 (1 -> 1), d4 (2 -> 3); ideal 3, 1, 1 (m2)
+    want_qb = (1 + 3 / math.log2(3)) / (3 + 1 / math.log2(3) + 1 / math.log2(4))
+    assert per_q["qa"]["nDCG@10"] == pytest.approx(want_qa, abs=1e-12)
+    assert per_q["qb"]["nDCG@10"] == pytest.approx(want_qb, abs=1e-12)
+    assert per_q["qa"]["nDCG@1"] == pytest.approx(1 / 7, abs=1e-12)
+    assert per_q["qa"]["MAP@100"] == 0.25  # the binary measures do not see the gain
+    linear = M.evaluate(data.qrels, run, relevance_threshold=2)[1]["qa"]["nDCG@10"]
+    assert linear != pytest.approx(want_qa, abs=1e-3)  # the two gains really differ on this query
+
+
+def test_job_metrics_equal_pytrec_eval_on_its_run_file_at_threshold_2(tmp_path):
+    """The whole job with metrics.relevance_threshold 2: results.json == pytrec_eval on run.trec + the raw qrels."""
+    import pytrec_eval
+
+    res = retrieval.run(cfg_for(tmp_path, "dl", model__kind="bm25", dataset__path=str(TREC_TINY),
+                                metrics__relevance_threshold=2))
+    assert res["metric_settings"]["relevance_threshold"] == 2
+    run = M.read_trec_run(tmp_path / "dl" / "run.trec")
+    qrels = raw_qrels(TREC_TINY / "qrels" / "test.tsv")
+    ev = pytrec_eval.RelevanceEvaluator(qrels, {"recall.10,100", "map_cut.100", "P.10"}, relevance_level=2)
+    ref = ev.evaluate(run)
+    nd = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+    assert sorted(res["per_query"]) == sorted(qrels) == ["qa", "qb", "qc", "qd", "qe"]
+    for name, key in {**M.BINARY_KEYS, "nDCG@10": "ndcg_cut_10"}.items():
+        table = nd if name == "nDCG@10" else ref
+        want = sum(table[q][key] if q in table else 0.0 for q in qrels) / len(qrels)
+        assert res["metrics"][name] == pytest.approx(want, abs=1e-12), name
+    assert res["per_query"]["qa"]["Recall@100"] <= 0.5  # m1 is relevant and cannot be retrieved
+
+
+def test_qrels_duplicates_conflict_is_an_error_identical_warns(tmp_path, capsys):
+    from workbench.data.beir import load_qrels
+
+    folder = copy_beir(tmp_path)
+    qrels = folder / "qrels" / "test.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq5\td11\t1\nq6\td10\t1\nq5\td11\t2\n")
+    with pytest.raises(DataError, match=r"test\.tsv:4: query 'q5' doc 'd11' has grade 2 here but grade 1 at "
+                                        r".*test\.tsv:2; judge each"):
+        load_qrels(folder, "test")
+    with pytest.raises(DataError, match=r"test\.tsv:4: query 'q5' doc 'd11' has grade 2"):  # the eval too
+        retrieval.run(cfg_for(tmp_path, "dup", model__kind="bm25", dataset__path=str(folder)))
+    qrels.write_text("query-id\tcorpus-id\tscore\nq5\td11\t1\nq6\td10\t1\nq5\td11\t1\nq6\td10\t1\n")
+    capsys.readouterr()
+    assert load_qrels(folder, "test") == {"q5": {"d11": 1}, "q6": {"d10": 1}}
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "2 duplicate judgement line(s)" in err[0] and "line 4 = line 2" in err[0]
+    res = retrieval.run(cfg_for(tmp_path, "dup-ok", model__kind="bm25", dataset__path=str(folder)))
+    assert res["counts"]["judgements"] == 2
 
 
 # ----------------------------------------------------------------------------------------------- PromptReps
@@ -214,14 +365,24 @@ def test_promptreps_representations_equal_a_hand_computation(tiny_llama):
     enc = PromptRepsEncoder(tiny_llama, batch_size=4, show_progress=False, device="cpu", sparse_max_terms=128)
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+
+    def authors_prompt(text, kind):  # the wording of ielab/PromptReps prompts/*/{passage,query}_suffix.txt
+        msgs = [{"role": "system", "content": "You are an AI assistant that can understand human language."},
+                {"role": "user", "content": f'{kind.capitalize()}: "{text}". Use one word to represent the {kind} '
+                                            "in a retrieval task. Make sure your word is in lowercase."}]
+        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + 'The word is: "'
+        return tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+
+    # Queries: the query wording, and no 64-token cut by default (the authors run --query_max_len 512).
+    long_query = " ".join(f"term{i}" for i in range(80))
+    assert len(tok.encode(long_query, add_special_tokens=False)) > 64
+    assert enc.prompt_ids(long_query, "query") == authors_prompt(long_query, "query")[0].tolist()
+
     texts = ["The Vitamin D, vitamin!", "Smoking damages lung tissue and causes lung cancer in adults.", "the of"]
     dense, sparse = enc.encode(texts, "passage")  # batched, left-padded
+    wants = []
     for i, text in enumerate(texts):
-        msgs = [{"role": "system", "content": "You are an AI assistant that can understand human language."},
-                {"role": "user", "content": f'Passage: "{text}". Use one most important word to represent the '
-                                            "passage in retrieval task. Make sure your word is in lowercase."}]
-        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + 'The word is: "'
-        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = authors_prompt(text, "passage")
         assert ids[0].tolist() == enc.prompt_ids(text, "passage")  # pieces tokenised apart == the whole prompt
         with torch.no_grad():
             out = model(input_ids=ids, output_hidden_states=True)
@@ -241,6 +402,15 @@ def test_promptreps_representations_equal_a_hand_computation(tiny_llama):
             want[t] = w[t]
         np.testing.assert_allclose(row, want, atol=1e-5)
         assert set(np.nonzero(row)[0].tolist()) <= allowed
+        wants.append(want)
+    # sparse_quantize: the authors' integer impacts rint(100 w). A weight within ~1e-7 of a .5 boundary could round
+    # either way between two float32 computations, hence "integers, within 1 of the hand value".
+    enc.sparse_quantize = True
+    _, quantised = enc.encode(texts, "passage")
+    for i, want in enumerate(wants):
+        row = quantised[i].toarray()[0]
+        assert np.array_equal(row, np.round(row)) and np.abs(row - np.rint(100 * want)).max() <= 1
+        assert row.max() == pytest.approx(100 * want.max(), abs=1)
 
 
 def test_sparse_scores_and_hybrid_fusion_by_hand():
@@ -276,6 +446,64 @@ def test_promptreps_job_scores_all_three_modes(tmp_path, home, tiny_llama):
     assert again["metrics"] == pytest.approx(res["metrics_by_mode"]["dense"])
 
 
+def test_promptreps_hybrid_fuses_the_deep_lists_then_cuts_to_top_k(tmp_path, home, tiny_llama):
+    """150 documents, top_k 100: the hybrid must min-max the dense and sparse lists at fusion depth (here every
+    document: depth 1000 > 150), fuse, and only then keep the top 100 (the authors' --depth 1000). Fusing the
+    top-100 lists instead gives other scores, which this test tells apart."""
+    import scipy.sparse
+
+    from eval.promptreps import PromptRepsEncoder
+
+    folder = tmp_path / "beir150"
+    (folder / "qrels").mkdir(parents=True)
+    words = ["vitamin", "bones", "smoking", "lung", "funds", "fees", "coffee", "heart", "tea", "sleep", "rates"]
+    docs = [f"Note {i}: {words[i % 11]} and {words[(3 * i + 1) % 11]} in study {i % 7}." for i in range(150)]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n"
+                                                 for i, t in enumerate(docs)))
+    queries = {"qa": "vitamin and bones", "qb": "coffee and the heart"}
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n"
+                                                  for q, t in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nqa\td0\t1\nqb\td6\t1\n")
+    res = retrieval.run(cfg_for(tmp_path, "deep", model__name=tiny_llama, model__kind="promptreps",
+                                model__batch_size=16, promptreps__passage_max_tokens=32, dataset__path=str(folder)))
+    assert res["representation"]["fusion_depth"] == 1000
+    hybrid = M.read_trec_run(tmp_path / "deep" / "run.hybrid.trec")
+    assert all(len(hybrid[q]) == 100 for q in queries)
+
+    # By hand: the corpus representations the job used (its cache files), the queries encoded again.
+    key = res["representation"]["cache_key"]
+    c_dense = np.load(home / "cache" / "embeddings" / f"{key}.npy")  # (150, H)
+    c_sparse = scipy.sparse.load_npz(home / "cache" / "embeddings" / f"{key}.sparse.npz")  # (150, V)
+    enc = PromptRepsEncoder(tiny_llama, batch_size=16, passage_max_tokens=32, show_progress=False, device="cpu")
+    q_dense, q_sparse = enc.encode(list(queries.values()), "query")
+    dense = q_dense @ c_dense.T  # (2, 150)
+    sparse = (q_sparse @ c_sparse.T).toarray()  # (2, 150)
+
+    def fuse(depth):
+        out = []
+        for qi in range(len(queries)):
+            fused = np.zeros(150)
+            for s, keep in ((dense[qi], np.ones(150, bool)), (sparse[qi], sparse[qi] > 0)):
+                idx = np.flatnonzero(keep)
+                idx = idx[np.argsort(-s[idx], kind="stable")][:depth]  # the top-depth list
+                lo, hi = s[idx].min(), s[idx].max()
+                fused[idx] += 0.5 * (s[idx] - lo) / max(hi - lo, 1e-9)
+            out.append(fused)
+        return out
+
+    deep, shallow = fuse(1000), fuse(100)
+    # float32 dot products (torch in the job, numpy here) agree to ~1e-6 relative; min-max divides by the score
+    # range, which for this random tiny model can be ~1e-2 wide: 1e-4 absolute bounds the fused difference.
+    tol = 1e-4
+    for qi, q in enumerate(queries):
+        got = hybrid[q]
+        for d, v in got.items():
+            assert v == pytest.approx(deep[qi][int(d[1:])], abs=tol), (q, d)
+        left_out = [deep[qi][j] for j in range(150) if f"d{j}" not in got]
+        assert max(left_out) <= min(got.values()) + tol  # the job kept the 100 best fused documents
+    assert max(abs(deep[qi] - shallow[qi]).max() for qi in range(2)) > 100 * tol  # the depth matters here
+
+
 # ----------------------------------------------------------------------------------------------- list-wise splits
 
 
@@ -294,8 +522,13 @@ def test_listwise_rows_become_corpus_and_qrels(tmp_path):
     res = retrieval.run(cfg_for(tmp_path, "lw", model__kind="bm25", dataset={"kind": "listwise", "path": str(f)}))
     c = res["counts"]
     assert c["docs"] == 3  # distinct non-empty texts over all rows
-    assert c["empty_docs_skipped"] == 1 and c["queries_without_relevant"] == 1 and c["queries"] == 2
-    assert res["metrics"]["nDCG@1"] == 1.0 and res["split"] is None
+    assert c["empty_docs_skipped"] == 1 and c["queries_without_relevant"] == 1 and c["queries"] == 3
+    # c is judged (grade 0) so it is in the mean, as trec_eval -c would have it: a and b score 1, c scores 0
+    assert res["metrics"]["nDCG@1"] == pytest.approx(2 / 3) and res["split"] is None
+    assert res["per_query"]["c"]["nDCG@1"] == 0.0
+    only = retrieval.run(cfg_for(tmp_path, "lw2", model__kind="bm25", dataset={"kind": "listwise", "path": str(f)},
+                                 metrics__queries="with_relevant"))
+    assert only["counts"]["queries"] == 2 and only["metrics"]["nDCG@1"] == 1.0
 
 
 def test_listwise_parquet_folder_with_column_map(tmp_path):
@@ -342,6 +575,7 @@ def test_listwise_bad_rows(tmp_path, row, match):
     ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq5\td11\n",
      r"test\.tsv:2: expected 3 tab-separated columns, got 2"),
     ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq5\td11\thigh\n", r"test\.tsv:2: field 'score' must be an integer"),
+    ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq5\td11\t1.5\n", r"test\.tsv:2: field 'score' must be an integer"),
     ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq5\t\t1\n", r"test\.tsv:2: field 'corpus-id' is empty"),
     ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq5\td11\t0\nq6\td10\t0\n", r"no query has a relevant"),
     ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq5\tmissing\t1\n", r"no query has a relevant"),
@@ -353,14 +587,31 @@ def test_bad_beir_input_names_file_line_and_field(tmp_path, file, content, match
         retrieval.run(cfg_for(tmp_path, "bad", model__kind="bm25", dataset__path=str(folder)))
 
 
-def test_missing_documents_and_unjudged_queries_are_counted(tmp_path):
+def test_missing_documents_and_unjudged_queries_are_counted_and_kept(tmp_path, capsys):
     folder = copy_beir(tmp_path)
     (folder / "qrels" / "test.tsv").write_text(
         "query-id\tcorpus-id\tscore\nq5\td11\t1\nq5\tgone\t1\nq6\td10\t0\nq7\td8\t2\nqX\td8\t1\n")
     res = retrieval.run(cfg_for(tmp_path, "counts", model__kind="bm25", dataset__path=str(folder)))
     c = res["counts"]
-    assert c["qrels_missing_doc"] == 1 and c["qrels_missing_query"] == 1
-    assert c["queries_without_relevant"] == 1 and c["queries"] == 2 and sorted(res["per_query"]) == ["q5", "q7"]
+    assert c["qrels_missing_doc"] == 1 and c["qrels_missing_query"] == 1 and c["judgements"] == 5
+    # Every judged query is in the mean (trec_eval -c): q6 (no relevant doc) and qX (no text) score 0.
+    assert c["queries"] == 4 and sorted(res["per_query"]) == ["q5", "q6", "q7", "qX"]
+    assert c["queries_without_relevant"] == 1 and c["queries_with_empty_run"] == 1
+    assert res["per_query"]["qX"] == {name: 0.0 for name in M.METRIC_NAMES}
+    # BM25 ranks d11 first for q5 (test_bm25_ranks_the_obvious_document_first); "gone" cannot be retrieved, and it
+    # still counts: recall 1/2, not the 1.0 a loader that dropped it would give.
+    assert res["per_query"]["q5"]["Recall@100"] == 0.5 and res["per_query"]["q5"]["MRR@10"] == 1.0
+    err = capsys.readouterr().err
+    assert len([ln for ln in err.splitlines() if "name documents that are not in the corpus" in ln]) == 1
+    # Named deviations: drop those judgements, and evaluate only queries with a relevant one (q6 out; qX stays: it
+    # has a relevant judgement, only no text) ...
+    old = retrieval.run(cfg_for(tmp_path, "old", model__kind="bm25", dataset__path=str(folder),
+                                metrics={"judgements_outside_corpus": "drop", "queries": "with_relevant"}))
+    assert sorted(old["per_query"]) == ["q5", "q7", "qX"] and old["per_query"]["q5"]["Recall@100"] == 1.0
+    # ... or only the queries the run has (trec_eval without -c): qX out, q6 in.
+    in_run = retrieval.run(cfg_for(tmp_path, "in-run", model__kind="bm25", dataset__path=str(folder),
+                                   metrics__queries="run"))
+    assert sorted(in_run["per_query"]) == ["q5", "q6", "q7"]
 
 
 def test_missing_split_folder_and_offline_hub(tmp_path, monkeypatch):
@@ -399,6 +650,10 @@ def test_causal_lm_needs_promptreps_kind(tmp_path, tiny_llama):
     ({"dataset": {"kind": "hub"}}, "needs dataset.name"),
     ({"dataset": {"kind": "listwise", "path": "x", "column_map": {"doc": "d"}}}, r"unknown role\(s\) \['doc'\]"),
     ({"promptreps__alpha": 1.5}, r"alpha must be in \[0, 1\]"),
+    ({"promptreps__fusion_depth": 0}, r"fusion_depth must be >= 1"),
+    ({"metrics__relevance_threshold": 0}, r"relevance_threshold must be >= 1"),
+    ({"metrics__queries": "all"}, "expected one of"),
+    ({"metrics__ndcg_gain": "exp"}, "expected one of"),
     ({"model__kind": "colbert"}, "expected one of"),
 ])
 def test_recipe_validation(tmp_path, over, match):
