@@ -9,7 +9,10 @@ reward) -> per-sample outputs in ``<run>/samples.parquet`` -> metrics -> ``resul
 * maj@k: majority vote over the answers extracted from the first k samples (ties broken by first occurrence); the
   prompt counts as solved when the majority answer passes;
 * diagnostics: mean verifier score, mean completion length (tokens), and, when ``reference_model`` is set, the
-  reverse KL(pi_theta || pi_ref) estimated on the samples (:mod:`eval.diagnostics`).
+  reverse KL(pi_theta || pi_ref) with its standard error and per-token value (:mod:`eval.diagnostics`). The KL is
+  estimated on samples of pi itself: T=1, top_p=1, float32, ``kl.n`` per prompt. When the accuracy samples were drawn
+  that way they are reused; otherwise a dedicated KL sampling pass (resumable shards in ``<run>/kl_samples``) draws
+  them. Both models score the sampled token ids.
 """
 
 from __future__ import annotations
@@ -19,11 +22,25 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from math import comb
+from pathlib import Path
 
 from eval.tasks import TaskConfig, Task
 from workbench.config import register_job
 from workbench.generation.backends import BackendConfig, SamplingConfig
 from workbench.sections import RunConfig
+
+
+@dataclass
+class KLConfig:
+    """The KL sampling pass: samples of pi itself (T=1, top_p=1), in float32, scored by both models in float32."""
+
+    n: int = 4  # samples per prompt (>= 2 gives a within-prompt standard error)
+    max_tokens: int | None = None  # default: sampling.max_tokens
+    dtype: str = "float32"  # the sampler's dtype: the samples must come from the pi that is scored (float32)
+
+    def validate(self):
+        if self.n < 1:
+            raise ValueError(f"kl.n must be >= 1, got {self.n}")
 
 
 @register_job("eval_reasoning")
@@ -34,7 +51,8 @@ class ReasoningEvalConfig(RunConfig):
     backend: BackendConfig = field(default_factory=BackendConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=4, temperature=0.7, max_tokens=256))
     k: list[int] = field(default_factory=lambda: [1, 4])  # for pass@k and maj@k (each <= sampling.n)
-    reference_model: str | None = None  # set to compute KL(pi_theta || pi_ref) on the samples
+    reference_model: str | None = None  # set to compute KL(pi_theta || pi_ref) (see KLConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
     chat: bool = True
     system_prompt: str | None = None
 
@@ -70,6 +88,55 @@ def _answer_key(details: dict) -> str | None:
     return None if extracted in (None, "") else str(extracted).strip()
 
 
+def _sampled_from_pi(sampling: SamplingConfig, backend: BackendConfig, dtype: str) -> bool:
+    """Were these samples drawn from pi itself, in the dtype that is scored? (Then the KL pass can reuse them.)"""
+    from workbench.generation.backends import _on_cpu, vllm_available
+
+    if sampling.temperature != 1.0 or sampling.top_p != 1.0:
+        return False
+    kind = backend.backend if backend.backend != "auto" else ("vllm" if vllm_available() else "hf")
+    # hf on CPU with dtype auto loads float32; vLLM with dtype auto downcasts a float32 model to bf16/fp16.
+    resolved = "float32" if (kind == "hf" and backend.dtype == "auto" and _on_cpu()) else backend.dtype
+    return resolved in (dtype, "float" if dtype == "float32" else dtype)
+
+
+def _kl_to_reference(cfg: ReasoningEvalConfig, run_, prompts_file, rows: list[dict]) -> dict:
+    """KL(pi || pi_ref) on samples of pi (see KLConfig), scored on their token ids by both models."""
+    from eval.diagnostics import reverse_kl
+    from workbench.config import build, to_dict
+    from workbench.generation import rollouts
+    from workbench.generation.shards import read_rows
+    from workbench.models import merged_model_dir, resolve_model
+
+    max_tokens = cfg.kl.max_tokens or cfg.sampling.max_tokens
+    policy = merged_model_dir(resolve_model(cfg.model))
+    ref = merged_model_dir(resolve_model(cfg.reference_model))
+    if Path(policy).resolve() == Path(ref).resolve():  # the same weights: KL is 0 by definition, nothing to sample
+        return {"kl": 0.0, "kl_se": 0.0, "kl_per_token": 0.0, "samples": 0, "reference_model": cfg.reference_model,
+                "sampling": "none: the policy is the reference model"}
+    reuse = (_sampled_from_pi(cfg.sampling, cfg.backend, cfg.kl.dtype) and cfg.kl.n == cfg.sampling.n
+             and max_tokens == cfg.sampling.max_tokens and not cfg.sampling.stop)
+    if not reuse:
+        kl_cfg = build(rollouts.RolloutsConfig, {
+            "job": "rollouts", "run_name": "kl_samples", "output_dir": str(run_.path / "kl_samples"),
+            "seed": cfg.seed + 1, "model": cfg.model, "template": cfg.task.template, "chat": cfg.chat,
+            "system_prompt": cfg.system_prompt, "prompts": {"kind": "jsonl", "path": str(prompts_file)},
+            "backend": {**to_dict(cfg.backend), "dtype": cfg.kl.dtype},
+            "sampling": {"n": cfg.kl.n, "temperature": 1.0, "top_p": 1.0, "max_tokens": max_tokens, "stop": []}})
+        rollouts.run(kl_cfg)
+        rows = read_rows(run_.path / "kl_samples" / "rollouts")
+    kl = reverse_kl(policy, ref, [r["prompt_token_ids"] for r in rows], [r["completion_token_ids"] for r in rows],
+                    [r["prompt_id"] for r in rows])
+    # How closely the sampler's own log-probs match the float32 scoring of pi: a large gap means the samples did
+    # not come from the pi that was scored (a different dtype or kernel), and the estimate carries that bias.
+    gaps = [abs(r["logprob"] - lp) for r, lp in zip(rows, kl.pop("policy_logps"))]
+    kl.pop("ref_logps")
+    return {**kl, "reference_model": cfg.reference_model, "sampling": "reused accuracy samples" if reuse else
+            "dedicated pass (T=1, top_p=1)", "temperature": 1.0, "top_p": 1.0, "max_tokens": max_tokens,
+            "dtype": cfg.kl.dtype, "truncated": sum(r["finish_reason"] == "length" for r in rows),
+            "sampler_logprob_gap_max": max(gaps), "sampler_logprob_gap_mean": sum(gaps) / len(gaps)}
+
+
 def run(cfg: ReasoningEvalConfig, overwrite: bool = False) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -78,14 +145,22 @@ def run(cfg: ReasoningEvalConfig, overwrite: bool = False) -> dict:
     from workbench.config import build, to_dict
     from workbench.generation import rollouts
     from workbench.generation.shards import read_rows
-    from workbench.models import merged_model_dir, model_fingerprint, resolve_model
+    from workbench.models import model_fingerprint, resolve_model
     from workbench.runs import open_run
 
+    # Everything that can fail on the user's input fails here, before the run folder exists.
+    task = Task(cfg.task)
+    records = task.prompts()
+    if not records:
+        from workbench.errors import DataError
+
+        raise DataError(f"task {cfg.task.name}: no prompts (size {cfg.task.size}, offset {cfg.task.offset})")
+    task.verifier  # noqa: B018  (builds it: a bad verifier name or option fails now)
+    for name in filter(None, (cfg.model, cfg.reference_model)):
+        resolve_model(name)
     run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
     if run_.done:
         return read_results(run_.path)
-    task = Task(cfg.task)
-    records = task.prompts()
     prompts_file = run_.path / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"id": r.prompt_id, "prompt": r.prompt, "reference": r.reference})
                                     + "\n" for r in records))
@@ -125,19 +200,9 @@ def run(cfg: ReasoningEvalConfig, overwrite: bool = False) -> dict:
     metrics["mean_length"] = sum(r["num_tokens"] for r in rows) / len(rows)
     extra = {}
     if cfg.reference_model:
-        from transformers import AutoTokenizer
-
-        from eval.diagnostics import reverse_kl
-        from workbench.generation.backends import render_prompts
-        from workbench.generation.rollouts import build_messages
-
-        policy = merged_model_dir(resolve_model(cfg.model))
-        ref = merged_model_dir(resolve_model(cfg.reference_model))
-        tok = AutoTokenizer.from_pretrained(policy)
-        texts = render_prompts(tok, [build_messages(r["prompt"], cfg.chat, cfg.system_prompt) for r in rows])
-        kl = reverse_kl(policy, ref, texts, [r["completion"] for r in rows])
-        metrics["kl_to_ref"] = kl["kl"]
-        extra["kl"] = {**kl, "reference_model": cfg.reference_model, "temperature": cfg.sampling.temperature}
+        kl = _kl_to_reference(cfg, run_, prompts_file, rows)
+        metrics.update(kl_to_ref=kl["kl"], kl_to_ref_se=kl["kl_se"], kl_per_token=kl["kl_per_token"])
+        extra["kl"] = kl
     counts = {"prompts": len(by_prompt), "samples": len(rows), "skipped_prompts": manifest.get("skipped", {}),
               "unreadable_answers": sum(1 for v in verdicts if v.details.get("extracted") in (None, ""))}
     payload = results_payload(task="reasoning", model=cfg.model,

@@ -4,6 +4,10 @@ Reads top to bottom: load the collection (BEIR folder, BEIR by name, or list-wis
 (cached on disk by model fingerprint + corpus hash + settings) and the queries -> search the top ``search.top_k``
 per query -> write ``run.trec`` -> metrics through pytrec_eval -> ``results.json`` + ``report.md``.
 
+The metrics (``metrics:`` section, :class:`eval.metrics.MetricsConfig`) equal ``trec_eval -c -l
+<metrics.relevance_threshold>`` on the qrels file as given and ``run.trec``; each way to deviate from that is a named
+option, never the default.
+
 Models (``model.kind``): ``sentence-transformers``, ``hf`` (AutoModel + mean/cls pooling), ``auto`` (one of those,
 from the folder), ``bm25`` (bm25s), ``promptreps`` (a causal LM's dense/sparse/hybrid one-word representations;
 the three are scored from one encoding, and ``promptreps.mode`` picks the reported one).
@@ -16,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from eval.metrics import MetricsConfig
 from eval.retrieval_data import DatasetConfig, RetrievalData, load_data
 from workbench.config import register_job
 from workbench.sections import RunConfig
@@ -72,18 +77,24 @@ class BM25Config:
 
 @dataclass
 class PromptRepsConfig:
+    """PromptReps as its authors run it (ielab/PromptReps README: BEIR search with ``--query_max_len 512
+    --passage_max_len 512 --alpha 0.5 --depth 1000``); the differences that remain are listed in
+    :mod:`eval.promptreps`."""
+
     mode: Literal["dense", "sparse", "hybrid"] = "hybrid"  # the representation whose metrics are reported
     alpha: float = 0.5  # hybrid weight of the dense scores (sparse: 1 - alpha)
     passage_max_tokens: int = 512
-    query_max_tokens: int = 64
+    query_max_tokens: int = 512  # the authors' --query_max_len; queries are practically never cut
     sparse_max_terms: int = 128
+    fusion_depth: int = 1000  # hybrid fuses the top-fusion_depth dense and sparse lists (authors' --depth 1000)
+    sparse_quantize: bool = False  # true: weights rint(100 w) as the authors' Lucene impact index; false: float w
     chat: bool = True  # render the prompt through the tokenizer's chat template
 
     def validate(self):
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if min(self.passage_max_tokens, self.query_max_tokens, self.sparse_max_terms) < 1:
-            raise ValueError("passage_max_tokens, query_max_tokens and sparse_max_terms must be >= 1")
+        if min(self.passage_max_tokens, self.query_max_tokens, self.sparse_max_terms, self.fusion_depth) < 1:
+            raise ValueError("passage_max_tokens, query_max_tokens, sparse_max_terms and fusion_depth must be >= 1")
 
 
 @register_job("eval_retrieval")
@@ -94,6 +105,7 @@ class RetrievalEvalConfig(RunConfig):
     search: SearchConfig = field(default_factory=SearchConfig)
     bm25: BM25Config = field(default_factory=BM25Config)
     promptreps: PromptRepsConfig = field(default_factory=PromptRepsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     cache_embeddings: bool = True  # corpus representations under $WORKBENCH_HOME/cache/embeddings
 
 
@@ -115,13 +127,14 @@ def _say(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------- retrieval
 
 
-def _dense_search(cfg: RetrievalEvalConfig, q, c):
+def _dense_search(cfg: RetrievalEvalConfig, q, c, k: int | None = None):
     from eval.encoders import pick_device
     from eval.search import exact_search, faiss_search
 
+    k = k or cfg.search.top_k
     if cfg.search.backend == "faiss":
-        return faiss_search(q, c, cfg.search.top_k, cfg.search.faiss_index, cfg.search.hnsw_m, cfg.search.ef_search)
-    return exact_search(q, c, cfg.search.top_k, cfg.search.corpus_chunk_size, pick_device(cfg.model.device))
+        return faiss_search(q, c, k, cfg.search.faiss_index, cfg.search.hnsw_m, cfg.search.ef_search)
+    return exact_search(q, c, k, cfg.search.corpus_chunk_size, pick_device(cfg.model.device))
 
 
 def _corpus_key(fingerprint: str, data: RetrievalData, settings: dict) -> tuple[str, dict]:
@@ -193,7 +206,8 @@ def _retrieve_promptreps(cfg: RetrievalEvalConfig, data: RetrievalData, path: st
     m, p = cfg.model, cfg.promptreps
     t0 = time.perf_counter()
     enc = PromptRepsEncoder(path, passage_max_tokens=p.passage_max_tokens, query_max_tokens=p.query_max_tokens,
-                            sparse_max_terms=p.sparse_max_terms, batch_size=m.batch_size, chat=p.chat,
+                            sparse_max_terms=p.sparse_max_terms, sparse_quantize=p.sparse_quantize,
+                            batch_size=m.batch_size, chat=p.chat,
                             device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
     t_load = time.perf_counter() - t0
     fp = model_fingerprint(path)
@@ -212,23 +226,25 @@ def _retrieve_promptreps(cfg: RetrievalEvalConfig, data: RetrievalData, path: st
     q_dense, q_sparse = enc.encode(data.query_texts, "query")  # (Q, H), (Q, V)
     t_queries = time.perf_counter() - t0
     t0 = time.perf_counter()
-    k = cfg.search.top_k
-    s, i = _dense_search(cfg, q_dense, reps["dense"])
-    dense_run = to_run(data.query_ids, data.corpus_ids, s, i)
-    s, i = sparse_search(q_sparse, reps["sparse"], k, cfg.search.corpus_chunk_size)
-    sparse_run = to_run(data.query_ids, data.corpus_ids, s, i, keep=lambda x: x > 0)
+    # As the authors: dense and sparse are each searched to fusion_depth, the hybrid fuses those two deep lists
+    # (min-max over all of each), and only then is every run cut to the top_k it reports.
+    k, depth = cfg.search.top_k, max(p.fusion_depth, cfg.search.top_k)
+    s, i = _dense_search(cfg, q_dense, reps["dense"], depth)
+    dense_deep = to_run(data.query_ids, data.corpus_ids, s, i)
+    s, i = sparse_search(q_sparse, reps["sparse"], depth, cfg.search.corpus_chunk_size)
+    sparse_deep = to_run(data.query_ids, data.corpus_ids, s, i, keep=lambda x: x > 0)
     from eval.metrics import cut_run
 
-    hybrid_run = cut_run(minmax_fuse([dense_run, sparse_run], [p.alpha, 1.0 - p.alpha]), k)
+    hybrid_run = minmax_fuse([dense_deep, sparse_deep], [p.alpha, 1.0 - p.alpha])
     t_search = time.perf_counter() - t0
-    runs = {"dense": dense_run, "sparse": sparse_run, "hybrid": hybrid_run}
+    runs = {"dense": cut_run(dense_deep, k), "sparse": cut_run(sparse_deep, k), "hybrid": cut_run(hybrid_run, k)}
     timings = {"model_load_s": t_load, "encode_corpus_s": t_corpus, "encode_queries_s": t_queries,
                "search_s": t_search, "cache_hit": hit}
     if not hit:
         timings["docs_per_s"] = len(data.corpus_ids) / max(t_corpus, 1e-9)
     nnz = reps["sparse"].getnnz(axis=1)
     counts = {"sparse_queries_without_terms": int((q_sparse.getnnz(axis=1) == 0).sum())}
-    info = {**enc.settings(), "path": path, "mode": p.mode, "alpha": p.alpha,
+    info = {**enc.settings(), "path": path, "mode": p.mode, "alpha": p.alpha, "fusion_depth": depth,
             "embedding_dim": int(reps["dense"].shape[1]),
             "sparse_terms_per_doc_mean": float(nnz.mean()) if nnz.size else 0.0, "search": cfg.search.backend,
             "cache_key": key if cfg.cache_embeddings else None}
@@ -258,36 +274,46 @@ def run(cfg: RetrievalEvalConfig, overwrite: bool = False) -> dict:
     from eval.metrics import evaluate, write_trec_run
     from eval.report import read_results, results_payload, write_report, write_results
 
+    # The collection and the model are checked before the run folder exists (a corrected rerun is a fresh run).
+    t_start = time.perf_counter()
+    mc = cfg.metrics
+    data = load_data(cfg.dataset, mc.relevance_threshold, mc.judgements_outside_corpus)
+    if cfg.model.kind != "bm25":
+        from workbench.models import resolve_model
+
+        resolve_model(cfg.model.name)
     run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
     if run_.done and (run_.path / "results.json").is_file():
         _say(f"{run_.path} is complete; nothing to do")
         return read_results(run_.path)
-    t_start = time.perf_counter()
-    data = load_data(cfg.dataset)
-    _say(f"{data.source}: {len(data.corpus_ids)} docs, {len(data.query_ids)} judged queries")
+    _say(f"{data.source}: {len(data.corpus_ids)} docs, {len(data.qrels)} judged queries, "
+         f"{len(data.query_ids)} with text to search")
     got = retrieve(cfg, data)
     tag = got.model_label.replace(" ", "_")
     atomic_write(run_.path / RUN_FILE, write_trec_run(got.run, tag))
     t0 = time.perf_counter()
-    metrics, per_query, mcounts = evaluate(data.qrels, got.run)
+    how = dict(relevance_threshold=mc.relevance_threshold, ndcg_gain=mc.ndcg_gain, queries=mc.queries)
+    metrics, per_query, mcounts = evaluate(data.qrels, got.run, **how)
     got.timings["evaluate_s"] = time.perf_counter() - t0
     got.timings["total_s"] = time.perf_counter() - t_start
     by_mode = {}
     for mode, r in got.other_runs.items():
-        by_mode[mode] = evaluate(data.qrels, r)[0]
+        by_mode[mode] = evaluate(data.qrels, r, **how)[0]
         atomic_write(run_.path / f"run.{mode}.trec", write_trec_run(r, f"{tag}-{mode}"))
     if mcounts["queries_with_empty_run"]:
-        _say(f"{mcounts['queries_with_empty_run']} queries retrieved nothing; they score 0 on every metric")
+        _say(f"{mcounts['queries_with_empty_run']} evaluated queries have no document in the run; they score 0 on "
+             "every metric")
     split = cfg.dataset.split if cfg.dataset.kind != "listwise" else None
     payload = results_payload(
         task="retrieval", model=got.model_label, model_fingerprint=got.fingerprint, dataset=cfg.dataset.label(),
         split=split, metrics=metrics, per_query=per_query, counts={**data.counts, **got.counts, **mcounts},
         timings=got.timings, representation=got.info, run_file=RUN_FILE, source=data.source,
+        metric_settings={**how, "judgements_outside_corpus": mc.judgements_outside_corpus},
         **({"metrics_by_mode": by_mode} if by_mode else {}))
     write_results(run_.path, payload)
     write_report(run_.path, payload)
     run_.log_metrics({f"eval/{k}": v for k, v in metrics.items()})
-    run_.mark_done({"nDCG@10": metrics["nDCG@10"], "queries": len(data.query_ids)})
+    run_.mark_done({"nDCG@10": metrics["nDCG@10"], "queries": mcounts["queries"]})
     _say(f"nDCG@10 = {metrics['nDCG@10']:.4f}, Recall@100 = {metrics['Recall@100']:.4f} over "
-         f"{len(data.query_ids)} queries -> {run_.path}/results.json, report.md")
+         f"{mcounts['queries']} queries -> {run_.path}/results.json, report.md")
     return payload

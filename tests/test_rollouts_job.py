@@ -12,7 +12,8 @@ from pathlib import Path
 
 from conftest import REPO, needs_vllm, run_cli
 
-SCHEMA = ["prompt_id", "prompt", "sample_idx", "completion", "reference", "finish_reason", "num_tokens", "logprob",
+SCHEMA = ["prompt_id", "prompt", "sample_idx", "completion", "prompt_token_ids", "completion_token_ids", "reference",
+          "finish_reason", "num_tokens", "logprob",
           "model", "backend"]
 
 

@@ -19,8 +19,9 @@ def test_start_writes_config_env_metrics(tmp_path):
 
 
 def test_resume_same_config_refuse_different(tmp_path):
-    open_run(tmp_path / "r", {"a": 1}, quiet=True)
+    run = open_run(tmp_path / "r", {"a": 1}, quiet=True)
     assert open_run(tmp_path / "r", {"a": 1}, quiet=True).resumed
+    (run.path / "shard-00000.parquet").write_bytes(b"output")  # the run made progress: it is protected
     with pytest.raises(RunError, match="keys differ: a"):
         open_run(tmp_path / "r", {"a": 2}, quiet=True)
 

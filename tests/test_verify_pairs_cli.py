@@ -19,7 +19,7 @@ def make_rollouts(tmp_path, rows_by_shard):
 
 def rollout(pid, idx, completion, reference):
     return {"prompt_id": pid, "prompt": f"What is {pid}?", "sample_idx": idx, "completion": completion,
-            "reference": reference, "finish_reason": "stop", "num_tokens": 5, "logprob": -3.0, "model": "m",
+            "prompt_token_ids": [1, 2, 3], "completion_token_ids": [4, 5, 6, 7, 8], "reference": reference, "finish_reason": "stop", "num_tokens": 5, "logprob": -3.0, "model": "m",
             "backend": "hf"}
 
 

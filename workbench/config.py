@@ -83,7 +83,17 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
-    text = path.read_text()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        from workbench.data.jsonl import utf8_error
+
+        lineno = raw.count(b"\n", 0, e.start) + 1
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        line = raw[start:raw.find(b"\n", e.start) if b"\n" in raw[e.start:] else len(raw)]
+        raise RecipeError(str(utf8_error(path, lineno, line, UnicodeDecodeError(
+            e.encoding, line, e.start - start, e.end - start, e.reason)))) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -167,6 +167,8 @@ DEFAULTS: dict[str, DefaultModel] = {
                      "nothing to install", _locate_tiny("tiny-llama")),
         DefaultModel("tiny-bert", "encoder", "built here from a config + locally trained WordPiece tokenizer",
                      "nothing to install", _locate_tiny("tiny-bert")),
+        DefaultModel("toy-llama", "causal-lm", "built here: a 6-token vocabulary, every completion enumerable (tests)",
+                     "nothing to install", _locate_tiny("toy-llama")),
     ]
 }
 

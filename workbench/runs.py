@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,47 @@ def _git_commit() -> str | None:
         return None
 
 
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd",
+              "sve")
+
+
+def cpu_info() -> dict:
+    """What makes floating-point results differ between CPUs: the model name and the vector ISA the kernels pick."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "isa": sorted(f for f in _ISA_FLAGS if f in flags)}
+
+
+def numerics_info() -> dict:
+    """The BLAS, the oneDNN build, torch's CPU capability and the thread counts: the rest of what moves the numbers."""
+    out: dict = {"threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+    try:
+        import torch
+
+        out["threads"]["torch"] = torch.get_num_threads()
+        config = torch.__config__.show()
+        for line in config.splitlines():
+            line = line.strip().lstrip("- ")
+            if line.startswith(("Intel(R) oneAPI Math Kernel Library", "Intel(R) MKL-DNN", "CPU capability usage",
+                                "OpenBLAS", "LAPACK is")):
+                out.setdefault("torch_build", []).append(line)
+        for key in ("BLAS_INFO", "LAPACK_INFO"):
+            m = re.search(rf"\b{key}=([^,\s]+)", config)
+            if m:
+                out[key.lower()] = m.group(1)
+    except ImportError:
+        pass
+    return out
+
+
 def env_info() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -79,9 +121,10 @@ def env_info() -> dict:
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_info(),
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
+        "numerics": numerics_info(),
         "gpus": gpus,
         "git_commit": _git_commit(),
         "packages": pkgs,
@@ -124,6 +167,26 @@ class Run:
     def done(self) -> bool:
         return self.status().get("status") == "done"
 
+    def update_env(self, section: str, info: dict) -> None:
+        """Add what a stage learns only once it runs (e.g. the generation backend's dtype and kernel path)."""
+        path = self.path / "env.json"
+        env = json.loads(path.read_text()) if path.exists() else {}
+        env[section] = info
+        atomic_write(path, json.dumps(env, indent=2, default=str))
+
+
+_BOOKKEEPING = {"config.yaml", "env.json", "metrics.jsonl"}
+
+
+def _has_progress(path: Path) -> bool:
+    """Does an unfinished run folder hold any output (a shard, a checkpoint, a logged metric)?"""
+    for e in path.iterdir():
+        if e.name.startswith("."):
+            continue
+        if e.name not in _BOOKKEEPING or (e.name == "metrics.jsonl" and e.stat().st_size > 0):
+            return True
+    return False
+
 
 def _only_leftovers(path: Path) -> bool:
     entries = list(path.iterdir())
@@ -161,6 +224,12 @@ def _open_run(path: Path, config: dict, overwrite: bool, quiet: bool) -> Run:
                     f"{', '.join(_diff_keys(old, config))}). Refusing to overwrite it: pass --overwrite to start anew, "
                     f"or choose another run_name/output_dir.")
             say(f"overwriting the finished run in {path} (--overwrite)")
+            shutil.rmtree(path)
+        elif old != config and not overwrite and not _has_progress(path):
+            # A run that failed before producing anything (a bad input or model found after the folder was made)
+            # holds nothing to protect: start over with the new config rather than refuse the corrected rerun.
+            say(f"the unfinished run in {path} produced nothing yet; starting over with this config (keys differed: "
+                f"{', '.join(_diff_keys(old, config))})")
             shutil.rmtree(path)
         elif old != config or overwrite:
             diff = _diff_keys(old, config) or ["none"]

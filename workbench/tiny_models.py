@@ -102,3 +102,34 @@ def build_tiny_bert(out: Path) -> None:
     import shutil
 
     shutil.rmtree(hf_dir)
+
+
+TOY_VOCAB = ["<|endoftext|>", "<|im_end|>", "<pad>", "a", "b", "c"]
+
+
+def build_toy_llama(out: Path, seed: int = 0) -> None:
+    """A Llama with a 6-token vocabulary (3 words + BOS, EOS, pad): small enough to enumerate every completion of up to
+    3 tokens (156 of them), so exact KLs and exact KL gradients can be computed by brute force in tests.
+
+    The weights are scaled up from the default init so that next-token distributions are far from uniform and two
+    toy models (different ``seed``) are measurably apart. head_dim 32 keeps vLLM's CPU attention happy.
+    """
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(TOY_VOCAB)}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<pad>", model_max_length=64)
+    fast.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(TOY_VOCAB), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=64, tie_word_embeddings=False,
+        bos_token_id=0, eos_token_id=1, pad_token_id=2, initializer_range=0.3, torch_dtype="float32")
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # EOS as likely as "a" everywhere, so completions of every length 1-3 are common
+        model.lm_head.weight[1] = model.lm_head.weight[3]
+    model.generation_config.pad_token_id = 2
+    model.save_pretrained(out, safe_serialization=True)

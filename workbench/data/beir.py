@@ -1,14 +1,17 @@
 """BEIR-format folders: ``corpus.jsonl {_id,title,text}``, ``queries.jsonl {_id,text}``, ``qrels/<split>.tsv``.
 
 One reader for every stage (documents job, mining, the retrieval eval). Broken files fail with the file, the line
-and the field; qrels entries whose query or document is missing are counted and reported, never silently dropped.
+and the field. :func:`load_qrels` returns the judgements as given; :func:`load_split` restricts them to the queries
+and documents that exist (for the stages that need text), counting what it leaves out.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench.data.jsonl import read_lines
 from workbench.errors import DataError
 
 
@@ -44,33 +47,60 @@ def load_queries(folder: str | Path) -> dict[str, str]:
 
 
 def load_qrels(folder: str | Path, split: str) -> dict[str, dict[str, int]]:
-    """query_id -> {doc_id: grade}. Requires the BEIR header ``query-id<TAB>corpus-id<TAB>score``."""
+    """query_id -> {doc_id: grade}, every line of the file as given (documents or queries missing from the corpus
+    or queries.jsonl included: :func:`load_split` is the view restricted to them). Requires the BEIR header
+    ``query-id<TAB>corpus-id<TAB>score``.
+
+    A (query, doc) pair judged twice with different grades is an error naming both lines (which grade is right is
+    the user's call; trec_eval and pytrec_eval would silently keep one). The same pair judged twice with the same
+    grade is harmless: one is kept and the repeats are reported on one stderr line.
+    """
     path = Path(folder) / "qrels" / f"{split}.tsv"
     if not path.is_file():
         avail = sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
         raise DataError(f"{path}: qrels file not found; available splits: {avail or 'none'}")
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\n").split("\t")
-        if [h.strip().lower() for h in header] != ["query-id", "corpus-id", "score"]:
-            raise DataError(f"{path}:1: expected the header 'query-id<TAB>corpus-id<TAB>score', got {header!r}. "
-                            "Add that header line (BEIR format) and use tabs between the three columns.")
-        for lineno, line in enumerate(fh, 2):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 3:
-                raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(parts)}")
-            for name, value in (("query-id", parts[0]), ("corpus-id", parts[1])):
-                if not value.strip():
-                    raise DataError(f"{path}:{lineno}: field {name!r} is empty")
-            try:
-                grade = int(float(parts[2]))
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: field 'score' must be an integer grade, got {parts[2]!r}") from None
-            qrels.setdefault(parts[0], {})[parts[1]] = grade
+    first_line: dict[tuple[str, str], int] = {}  # (query, doc) -> the line that judged it first
+    repeats: list[tuple[int, int]] = []  # (line, earlier identical line)
+    lines = read_lines(path)
+    _, first = next(lines, (1, ""))
+    header = first.split("\t")
+    if [h.strip().lower() for h in header] != ["query-id", "corpus-id", "score"]:
+        raise DataError(f"{path}:1: expected the header 'query-id<TAB>corpus-id<TAB>score', got {header!r}. "
+                        "Add that header line (BEIR format) and use tabs between the three columns.")
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3:
+            raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(parts)}")
+        for name, value in (("query-id", parts[0]), ("corpus-id", parts[1])):
+            if not value.strip():
+                raise DataError(f"{path}:{lineno}: field {name!r} is empty")
+        try:
+            value = float(parts[2])
+        except ValueError:
+            value = None
+        if value is None or not value.is_integer():  # 1.5 is not a grade: never truncate it silently
+            raise DataError(f"{path}:{lineno}: field 'score' must be an integer grade, got {parts[2]!r}")
+        q, d, grade = parts[0], parts[1], int(value)
+        docs = qrels.setdefault(q, {})
+        if d in docs:
+            earlier = first_line[(q, d)]
+            if docs[d] != grade:
+                raise DataError(f"{path}:{lineno}: query {q!r} doc {d!r} has grade {grade} here but grade "
+                                f"{docs[d]} at {path}:{earlier}; judge each (query, doc) pair once: delete the "
+                                "wrong line")
+            repeats.append((lineno, earlier))
+            continue
+        docs[d] = grade
+        first_line[(q, d)] = lineno
     if not qrels:
         raise DataError(f"{path}: no judgements")
+    if repeats:
+        line, earlier = repeats[0]
+        print(f"[data] {path}: {len(repeats)} duplicate judgement line(s) repeat an earlier line with the same grade "
+              f"(first: line {line} = line {earlier}); one of each is kept", file=sys.stderr)
     return qrels
 
 
@@ -83,6 +113,10 @@ class BeirSplit:
 
 
 def load_split(folder: str | Path, split: str) -> BeirSplit:
+    """The split restricted to what the corpus and queries.jsonl hold: the view the documents job and mining need
+    (they can only use documents that have text). The retrieval eval does NOT use it: metrics must see the qrels as
+    given (a relevant document missing from the corpus still counts in recall and the ideal DCG), so
+    :mod:`eval.retrieval_data` reads :func:`load_qrels` itself."""
     corpus, queries, qrels = load_corpus(folder), load_queries(folder), load_qrels(folder, split)
     missing_q = [q for q in qrels if q not in queries]
     missing_d = sum(1 for q, docs in qrels.items() for d in docs if d not in corpus)

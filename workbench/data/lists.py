@@ -43,6 +43,13 @@ from workbench.verifiers.judge import JudgeConfig
 LIST_COLUMNS = ["query_id", "query", "docs", "grades", "provenance"]
 
 
+def list_schema():
+    import pyarrow as pa
+
+    return pa.schema([("query_id", pa.string()), ("query", pa.string()), ("docs", pa.list_(pa.string())),
+                      ("grades", pa.list_(pa.int64())), ("provenance", pa.list_(pa.string()))])
+
+
 @dataclass
 class CalibrationConfig:
     enabled: bool = False
@@ -187,7 +194,7 @@ def calibrate(cfg: ListsConfig, run_path: Path, rows: list[dict]) -> tuple[list[
         grade_fn = load_grader(cal, cfg.seed) if shards.pending_units(out, len(items), size, shards.Partition()) \
             else None
 
-        def process(chunk):
+        def process(chunk, unit):
             judged = judge_grades([r for _, r in chunk], grade_fn, cal.batch_size)
             return [{"row": i, "query_id": r["query_id"], "judged": j} for (i, r), j in zip(chunk, judged)], 0
 
@@ -390,14 +397,22 @@ def run(cfg: ListsConfig, overwrite: bool = False) -> dict:
     from workbench.config import to_dict
     from workbench.runs import atomic_write, open_run
 
+    from workbench.models import resolve_model
+
     src = shards.stage_folder(cfg.input_dir, "documents")
     src_manifest = shards.require_complete(src, "documents")
+    rows = read_documents(src)  # inputs and models checked before the run folder exists (see rollouts.run)
+    if cfg.consistency.enabled or cfg.negatives.enabled:
+        resolve_model(cfg.embedding_model)
+    if cfg.calibration.enabled and cfg.calibration.grader == CalibrationConfig.grader:
+        resolve_model(cfg.calibration.judge.model)
+    if cfg.negatives.enabled and not (Path(cfg.negatives.corpus) / "corpus.jsonl").is_file():
+        raise DataError(f"negatives.corpus: {cfg.negatives.corpus} holds no corpus.jsonl; point it at a BEIR folder")
     run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
     out = run_.path / "lists"
     if shards.read_manifest(out):
         print(f"[lists] {out} is complete; nothing to do", file=sys.stderr)
         return shards.read_manifest(out)
-    rows = read_documents(src)
     counts: dict = {"rows_in": len(rows), "docs_in": sum(len(r["docs"]) for r in rows)}
 
     if cfg.calibration.enabled:
@@ -440,7 +455,7 @@ def run(cfg: ListsConfig, overwrite: bool = False) -> dict:
             st = st_negatives(cfg, run_.path, rows, encoder())
     tag = f"real:mined-{cfg.negatives.method}"
 
-    def process(chunk: list[tuple[int, dict]]):
+    def process(chunk: list[tuple[int, dict]], unit: int):
         if miner is not None:
             mined = miner.mine(chunk)
         elif st is not None:
@@ -466,13 +481,18 @@ def run(cfg: ListsConfig, overwrite: bool = False) -> dict:
                               "negatives/tau_first": infos[0].get("tau") if infos else None})
         return out_rows, 0
 
-    shards.run_units(list(enumerate(rows)), cfg.sharding.shard_size, out, shards.Partition(), process, desc="lists")
+    shards.run_units(list(enumerate(rows)), cfg.sharding.shard_size, out, shards.Partition(), process, desc="lists",
+                     schema=list_schema())
     units = shards.num_units(len(rows), cfg.sharding.shard_size)
+    if not rows:  # every row was filtered out: say why, and leave a typed, empty shard for the next stage
+        shards.write_shard(out, 0, [], list_schema())
+        print(f"[lists] no rows left: {json.dumps({k: v for k, v in counts.items() if k != 'rows_in'})}",
+              file=sys.stderr)
     written = shards.read_rows(out, columns=["provenance"])
     counts.update({"rows_out": len(rows), "docs_out": sum(len(r["provenance"]) for r in written),
                    "mined_negatives": sum(p == tag for r in written for p in r["provenance"])})
     manifest = shards.finalize(out, [min(cfg.sharding.shard_size, len(rows) - k * cfg.sharding.shard_size)
-                                     for k in range(units)], {
+                                     for k in range(units)] or [0], {
         "job": "lists", "input": str(src), "input_model": src_manifest.get("model"),
         "embedding_model": cfg.embedding_model, "columns": LIST_COLUMNS, "counts": counts})
     run_.log_metrics({f"lists/{k}": v for k, v in counts.items() if isinstance(v, (int, float))})

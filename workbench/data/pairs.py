@@ -38,6 +38,22 @@ from workbench.sections import RunConfig
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "prompt_id", "chosen_score", "rejected_score", "strategy"]
 
 
+def pair_schema(chat: bool):
+    """TRL's preference columns: lists of {role, content} messages when conversational, else strings."""
+    import pyarrow as pa
+
+    text = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])) if chat else pa.string()
+    return pa.schema([("prompt", text), ("chosen", text), ("rejected", text), ("prompt_id", pa.string()),
+                      ("chosen_score", pa.float64()), ("rejected_score", pa.float64()), ("strategy", pa.string())])
+
+
+def why_no_pairs(counts: dict) -> str:
+    """The reason, from the counts, that a pairs run came out empty."""
+    return (f"{counts['prompts']} prompts: {counts['pruned_all_passed']} pruned because every sample passed, "
+            f"{counts['pruned_none_passed']} because none passed, {counts['no_pair']} kept prompts gave no pair "
+            f"(strategy and margin), {counts['skipped_rows']} rows skipped by the verifier")
+
+
 @dataclass
 class PruneConfig:
     drop_all_passed: bool = True
@@ -178,17 +194,17 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
 
     src = shards.stage_folder(cfg.input_dir, "verdicts")
     src_manifest = shards.require_complete(src, "verify")
-    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
-    if run_.done:
-        print(f"[pairs] {run_.path} is complete; nothing to do", file=sys.stderr)
-        return json.loads((run_.path / "pairs" / shards.MANIFEST).read_text())
-    rows = shards.read_rows(src)
+    rows = shards.read_rows(src)  # read and checked before the run folder exists (see rollouts.run)
     missing = [c for c in ("prompt_id", "prompt", "sample_idx", "completion", "score", "passed", "details")
                if rows and c not in rows[0]]
     if missing:
         from workbench.errors import DataError
 
         raise DataError(f"{src}: verdict rows lack column(s) {missing}; pairs reads the output of `workbench verify`")
+    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
+    if run_.done:
+        print(f"[pairs] {run_.path} is complete; nothing to do", file=sys.stderr)
+        return json.loads((run_.path / "pairs" / shards.MANIFEST).read_text())
     pairs, counts = build_pairs(rows, cfg, chat=src_manifest.get("chat", True),
                                 system_prompt=src_manifest.get("system_prompt"))
     # Held-out split by prompt, so no prompt appears on both sides.
@@ -203,11 +219,14 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
         if name == "test" and not rows_:
             continue
         folder = run_.path / ("pairs" if name == "train" else "pairs_test")
-        shards.write_shard(folder, 0, rows_)
+        shards.write_shard(folder, 0, rows_, pair_schema(src_manifest.get("chat", True)))
         shards.finalize(folder, [len(rows_)], {**info, "split": name})
     atomic_write(run_.path / "pairs" / "counts.json", json.dumps(counts, indent=2))
     run_.log_metrics({f"pairs/{k}": v for k, v in counts.items()})
     run_.mark_done(counts)
+    if not pairs:
+        print(f"[pairs] no pairs: {why_no_pairs(counts)}. The output has zero rows; a preference stage on it stops "
+              "with this reason.", file=sys.stderr)
     print(f"[pairs] {counts['pairs']} pairs from {counts['kept']} of {counts['prompts']} prompts "
           f"(pruned {counts['pruned_all_passed']} all-passed, {counts['pruned_none_passed']} none-passed; "
           f"{counts['no_pair']} kept prompts gave no pair) -> {run_.path / 'pairs'}", file=sys.stderr)

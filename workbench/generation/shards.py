@@ -66,8 +66,14 @@ def pending_units(folder: Path, num_items: int, unit_size: int, part: Partition)
     return [k for k in range(num_units(num_items, unit_size)) if part.owns(k) and not shard_path(folder, k).exists()]
 
 
-def write_shard(folder: Path, unit: int, rows: list[dict]) -> Path:
-    """Write one unit's rows atomically (temp file + fsync + rename)."""
+def write_shard(folder: Path, unit: int, rows: list[dict], schema=None) -> Path:
+    """Write one unit's rows atomically (temp file + fsync + rename).
+
+    ``schema`` (a ``pyarrow.Schema``) types the columns; it is required for zero rows, which are written as a file
+    with the schema and no row group: every column is there, typed, for pyarrow and for the next stage. (``datasets``
+    5.2 cannot load a zero-row split at all -- "Instruction 'train' corresponds to no data" -- so the stages check
+    the manifest's ``num_rows`` first and say why there are no rows.)
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -75,7 +81,12 @@ def write_shard(folder: Path, unit: int, rows: list[dict]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     final = shard_path(folder, unit)
     tmp = folder / f".{final.name}.tmp-{os.getpid()}"
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    if rows:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    elif schema is None:
+        raise ValueError("write_shard: zero rows need a schema")
+    else:
+        pq.ParquetWriter(tmp, schema).close()
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, final)
@@ -145,10 +156,12 @@ def require_complete(folder: Path, what: str = "input") -> dict:
 
 
 def run_units(items: list, unit_size: int, folder: Path, part: Partition, process, desc: str,
-              samples_per_item: int = 1) -> dict:
+              samples_per_item: int = 1, schema=None) -> dict:
     """Process this rank's pending units in order, writing one shard each; show progress and throughput.
 
-    ``process(unit_items) -> (rows, num_tokens)``. Returns throughput stats for this invocation.
+    ``process(unit_items, unit) -> (rows, num_tokens)``: ``unit`` is the unit's index, from which a job derives the
+    unit's sampling seed, so a unit's rows do not depend on which units ran before it in this process (resume, ranks).
+    Returns throughput stats for this invocation.
     """
     import time
 
@@ -169,8 +182,8 @@ def run_units(items: list, unit_size: int, folder: Path, part: Partition, proces
     t0 = time.perf_counter()
     for k in todo:
         chunk = items[k * unit_size:(k + 1) * unit_size]
-        rows, ntok = process(chunk)
-        write_shard(folder, k, rows)
+        rows, ntok = process(chunk, k)
+        write_shard(folder, k, rows, schema)
         stats["samples"] += len(chunk) * samples_per_item
         stats["tokens"] += ntok
         elapsed = time.perf_counter() - t0

@@ -227,11 +227,9 @@ def run(cfg: ListwiseTrainConfig, overwrite: bool = False, callbacks: list | Non
     from workbench.runs import open_run
     from workbench.training.listwise_data import holdout_split, load_lists
 
-    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
-    if run_.done:
-        return run_.status().get("summary", {})
-    o = cfg.optim
+    from workbench.models import resolve_model
 
+    # Data and model are checked before the run folder exists: a corrected rerun is not "a different config".
     rows = load_lists(cfg.data, seed=cfg.seed)
     eval_rows = []
     if cfg.eval is not None:
@@ -239,13 +237,17 @@ def run(cfg: ListwiseTrainConfig, overwrite: bool = False, callbacks: list | Non
             eval_rows = load_lists(replace(cfg.data, path=cfg.eval.path, size=None, offset=0), seed=cfg.seed)
         else:
             rows, eval_rows = holdout_split(rows, cfg.eval.holdout, seed=cfg.seed)
+    resolve_model(cfg.model)
+    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
+    if run_.done:
+        return run_.status().get("summary", {})
+    o = cfg.optim
     _say(f"{len(rows)} training lists, {len(eval_rows)} held-out lists; loss {cfg.loss.name}")
 
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments)
     from transformers import set_seed
 
-    from workbench.models import resolve_model
     from workbench.training.callbacks import MetricsJsonlCallback
     from workbench.training.listwise_data import ListwiseDataCollator
 

@@ -20,32 +20,17 @@ import time
 import torch
 from trl import DPOTrainer
 
+from workbench.logprobs import sequence_logps
 from workbench.losses.hypo import reverse_kl_term
 
 
 def completion_logps(model, prompts: list[list[int]], completions: list[list[list[int]]], pad_id: int
                      ) -> torch.Tensor:
     """Summed log pi(y|x) over completion tokens for B prompts x k completions -> (B, k). Differentiable."""
-    seqs, starts = [], []
-    for p, ys in zip(prompts, completions):
-        for y in ys:
-            seqs.append(p + y)
-            starts.append(len(p))
-    width = max(len(s) for s in seqs)
-    device = next(model.parameters()).device
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)
-    attn = torch.zeros_like(ids)
-    comp = torch.zeros_like(ids, dtype=torch.bool)
-    for i, (s, st) in enumerate(zip(seqs, starts)):
-        ids[i, :len(s)] = torch.tensor(s, device=device)
-        attn[i, :len(s)] = 1
-        comp[i, st:len(s)] = True
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()  # (N, T-1, V)
-    # log p = logit[y] - logsumexp(logits): no (N, T-1, V) log_softmax copy (the vocabulary is the big axis).
-    token_logps = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N, T-1)
-    seq_logps = (token_logps * comp[:, 1:]).sum(dim=-1)  # (N,)
     k = len(completions[0])
-    return seq_logps.view(len(prompts), k)  # (B, k)
+    flat_prompts = [p for p, ys in zip(prompts, completions) for _ in ys]
+    flat = [y for ys in completions for y in ys]
+    return sequence_logps(model, flat_prompts, flat, pad_id).view(len(prompts), k)  # (B, k)
 
 
 class HyPOTrainer(DPOTrainer):

@@ -144,6 +144,14 @@ def _read_table(path: str, split: str, where: str):
     p = Path(path)
     if p.is_dir() and (p / "pairs" / "manifest.json").exists():  # a `workbench pairs` run folder
         p = p / "pairs"
+    manifest = p / "manifest.json"
+    if p.is_dir() and manifest.exists() and json.loads(manifest.read_text()).get("num_rows") == 0:
+        counts = json.loads(manifest.read_text()).get("counts")
+        from workbench.data.pairs import why_no_pairs
+
+        reason = why_no_pairs(counts) if counts else "the stage that wrote it produced none"
+        raise DataError(f"{where}: {p} holds zero rows ({reason}); nothing to train on. Sample more prompts or "
+                        "samples per prompt, or relax the pairs pruning.")
     if p.is_dir() and list(p.glob("shard-*.parquet")):
         return datasets.load_dataset("parquet", data_files=str(p / "shard-*.parquet"), split="train")
     if p.is_file() and p.suffix in (".jsonl", ".json"):
@@ -334,6 +342,28 @@ def write_model_card(out: Path, cfg, metrics: dict) -> None:
     (out / "README.md").write_text("\n".join(card))
 
 
+def check_inputs(cfg: PolicyTrainConfig) -> None:
+    """Everything a typo can break, checked before the run folder exists: the models, the data and its columns, the
+    reward. A corrected rerun is then a fresh run, not one refused as "a different config"."""
+    from workbench.models import resolve_model
+
+    resolve_model(cfg.model)
+    if cfg.method in ("dpo", "hypo"):
+        if cfg.dpo.ref_model:
+            resolve_model(cfg.dpo.ref_model)
+        load_role_dataset(cfg.data, PREF_ROLES)
+        if cfg.data.eval_path:
+            load_role_dataset(cfg.data, PREF_ROLES, cfg.data.eval_path)
+    elif cfg.method == "grpo":
+        if cfg.grpo.prompts is not None:
+            from workbench.generation.prompts import load_prompts
+
+            load_prompts(cfg.grpo.prompts)
+        else:
+            load_role_dataset(cfg.data, ("prompt", "reference"))
+        cfg.grpo.reward.build()
+
+
 def run(cfg: PolicyTrainConfig, overwrite: bool = False) -> dict:
     from accelerate import PartialState
 
@@ -342,6 +372,7 @@ def run(cfg: PolicyTrainConfig, overwrite: bool = False) -> dict:
     from workbench.training.callbacks import MetricsJsonlCallback
 
     state = PartialState()
+    check_inputs(cfg)
     run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite, quiet=not state.is_main_process)
     if run_.done:
         return run_.status().get("summary", {})

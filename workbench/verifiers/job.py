@@ -109,17 +109,17 @@ def run(cfg: VerifyConfig, overwrite: bool = False) -> dict:
 
     src = shards.stage_folder(cfg.input_dir, "rollouts")
     src_manifest = shards.require_complete(src, "rollouts")
+    inputs = [src / s["file"] for s in src_manifest["shards"]]
+    for p in inputs:  # the input is checked before the run folder exists (see rollouts.run)
+        _check_columns(p, pq.ParquetFile(p).schema_arrow.names)
     run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
     out = run_.path / "verdicts"
     if shards.read_manifest(out):
         print(f"[verify] {out} is complete; nothing to do", file=sys.stderr)
         return shards.read_manifest(out)
-    inputs = [src / s["file"] for s in src_manifest["shards"]]
-    for p in inputs:
-        _check_columns(p, pq.ParquetFile(p).schema_arrow.names)
     verifier = cfg.verifier.build()
 
-    def process(chunk: list[Path]):
+    def process(chunk: list[Path], unit: int):
         scored, _ = score_rows(verifier, pq.read_table(chunk[0]).to_pylist())
         return scored, 0
 
