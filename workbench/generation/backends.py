@@ -211,18 +211,23 @@ class VLLMBackend:
         self._calls += 1
         # One seed per prompt (its n samples are vLLM's child requests seed, seed+1, ...: derive_seed's 31-bit
         # values keep different prompts' streams apart).
-        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+        # vLLM refuses n > 1 for greedy decoding: ask for each prompt n times instead (the same row layout).
+        greedy_copies = sampling.n if sampling.temperature == 0 else 1
+        n = 1 if greedy_copies > 1 else sampling.n
+        params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
                                  max_tokens=sampling.max_tokens, stop=sampling.stop or None, logprobs=0,
-                                 seed=derive_seed(seed, i)) for i in range(len(prompt_ids))]
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
+                                 seed=derive_seed(seed, i)) for i in range(len(prompt_ids)) for _ in range(greedy_copies)]
+        requests = [{"prompt_token_ids": p} for p in prompt_ids for _ in range(greedy_copies)]
+        outs = self.llm.generate(requests, params, use_tqdm=False)
         result = []
-        for ids, out in zip(prompt_ids, outs):
+        for i, ids in enumerate(prompt_ids):
             samples = []
-            for c in sorted(out.outputs, key=lambda c: c.index):
-                # logprobs=0 returns the sampled token's logprob at each step (raw model distribution).
-                lp = sum(step[tid].logprob for step, tid in zip(c.logprobs or [], c.token_ids))
-                samples.append(Sample(c.text, list(c.token_ids), "length" if c.finish_reason == "length" else "stop",
-                                      float(lp), list(ids)))
+            for out in outs[i * greedy_copies:(i + 1) * greedy_copies]:
+                for c in sorted(out.outputs, key=lambda c: c.index):
+                    # logprobs=0 returns the sampled token's logprob at each step (raw model distribution).
+                    lp = sum(step[tid].logprob for step, tid in zip(c.logprobs or [], c.token_ids))
+                    samples.append(Sample(c.text, list(c.token_ids), "length" if c.finish_reason == "length" else
+                                          "stop", float(lp), list(ids)))
             result.append(samples)
         return result
 
