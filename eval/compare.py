@@ -140,7 +140,7 @@ def plot(runs: list[dict], out: Path) -> list[str]:
 
 
 def report(run_dirs: list[str], out_dir: str) -> Path:
-    from workbench.runs import atomic_write
+    from workbench.store.files import atomic_write
 
     runs = [_load(Path(d)) for d in run_dirs]
     out = Path(out_dir)

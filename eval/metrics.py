@@ -181,7 +181,7 @@ def read_trec_run(path) -> Run:
 
     from workbench.errors import DataError
 
-    from workbench.data.jsonl import read_lines
+    from workbench.store.files import read_lines
 
     run: Run = {}
     for lineno, line in read_lines(Path(path)):

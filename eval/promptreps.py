@@ -25,7 +25,7 @@ text by one word, and the representations are read off the last prompt position 
   such token keeps the 10 largest weights over the whole vocabulary (the authors' fallback);
 * scores: dense ``<e_q, e_d>`` (cosine), sparse ``<w_q, w_d>``; hybrid fuses the top-1000 dense and top-1000 sparse
   lists (the authors' ``--depth 1000``; ``promptreps.fusion_depth``) with per-query min-max normalisation and weights
-  ``alpha`` / ``1 - alpha`` (:func:`eval.search.minmax_fuse`, the authors' ``hybrid.fuse``), then cuts to
+  ``alpha`` / ``1 - alpha`` (:func:`workbench_eval.search.minmax_fuse`, the authors' ``hybrid.fuse``), then cuts to
   ``search.top_k``.
 
 Differences from the authors' runs that remain (options where one is cheap):
@@ -51,7 +51,7 @@ import sys
 
 import numpy as np
 
-from eval.encoders import ModelLoadError, pick_device, torch_dtype
+from workbench_eval.encoders import ModelLoadError, pick_device, torch_dtype
 
 SYSTEM_PROMPT = "You are an AI assistant that can understand human language."
 # ielab/PromptReps prompts/*/{passage,query}_suffix.txt (every model's files word it so)

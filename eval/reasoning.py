@@ -9,7 +9,7 @@ reward) -> per-sample outputs in ``<run>/samples.parquet`` -> metrics -> ``resul
 * maj@k: majority vote over the answers extracted from the first k samples (ties broken by first occurrence); the
   prompt counts as solved when the majority answer passes;
 * diagnostics: mean verifier score, mean completion length (tokens), and, when ``reference_model`` is set, the
-  reverse KL(pi_theta || pi_ref) with its standard error and per-token value (:mod:`eval.diagnostics`). The KL is
+  reverse KL(pi_theta || pi_ref) with its standard error and per-token value (:mod:`workbench_eval.diagnostics`). The KL is
   estimated on samples of pi itself: T=1, top_p=1, float32, ``kl.n`` per prompt. When the accuracy samples were drawn
   that way they are reused; otherwise a dedicated KL sampling pass (resumable shards in ``<run>/kl_samples``) draws
   them. Both models score the sampled token ids.
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from math import comb
 from pathlib import Path
 
-from eval.tasks import TaskConfig, Task
+from workbench_eval.tasks import TaskConfig, Task
 from workbench.config import register_job
 from workbench.generation.backends import BackendConfig, SamplingConfig
-from workbench.sections import RunConfig
+from workbench.store.runs import RunConfig
 
 
 @dataclass
@@ -102,10 +102,10 @@ def _sampled_from_pi(sampling: SamplingConfig, backend: BackendConfig, dtype: st
 
 def _kl_to_reference(cfg: ReasoningEvalConfig, run_, prompts_file, rows: list[dict]) -> dict:
     """KL(pi || pi_ref) on samples of pi (see KLConfig), scored on their token ids by both models."""
-    from eval.diagnostics import reverse_kl
+    from workbench_eval.diagnostics import reverse_kl
     from workbench.config import build, to_dict
     from workbench.generation import rollouts
-    from workbench.generation.shards import read_rows
+    from workbench.store.shards import read_rows
     from workbench.models import merged_model_dir, resolve_model
 
     max_tokens = cfg.kl.max_tokens or cfg.sampling.max_tokens
@@ -141,12 +141,12 @@ def run(cfg: ReasoningEvalConfig, overwrite: bool = False) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from eval.report import read_results, results_payload, write_report, write_results
+    from workbench_eval.report import read_results, results_payload, write_report, write_results
     from workbench.config import build, to_dict
     from workbench.generation import rollouts
-    from workbench.generation.shards import read_rows
+    from workbench.store.shards import read_rows
     from workbench.models import model_fingerprint, resolve_model
-    from workbench.runs import open_run
+    from workbench.store.runs import open_run
 
     # Everything that can fail on the user's input fails here, before the run folder exists.
     task = Task(cfg.task)

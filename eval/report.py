@@ -14,7 +14,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from workbench.runs import atomic_write
+from workbench.store.files import atomic_write
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
@@ -22,7 +22,7 @@ REPORT_FILE = "report.md"
 
 
 def _git_commit() -> str | None:
-    from workbench.runs import env_info
+    from workbench.store.runs import env_info
 
     return env_info().get("git_commit")
 

@@ -4,7 +4,7 @@ Reads top to bottom: load the collection (BEIR folder, BEIR by name, or list-wis
 (cached on disk by model fingerprint + corpus hash + settings) and the queries -> search the top ``search.top_k``
 per query -> write ``run.trec`` -> metrics through pytrec_eval -> ``results.json`` + ``report.md``.
 
-The metrics (``metrics:`` section, :class:`eval.metrics.MetricsConfig`) equal ``trec_eval -c -l
+The metrics (``metrics:`` section, :class:`workbench_eval.metrics.MetricsConfig`) equal ``trec_eval -c -l
 <metrics.relevance_threshold>`` on the qrels file as given and ``run.trec``; each way to deviate from that is a named
 option, never the default.
 
@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from eval.metrics import MetricsConfig
-from eval.retrieval_data import DatasetConfig, RetrievalData, load_data
+from workbench_eval.metrics import MetricsConfig
+from workbench_eval.retrieval_data import DatasetConfig, RetrievalData, load_data
 from workbench.config import register_job
-from workbench.sections import RunConfig
+from workbench.store.runs import RunConfig
 
 RUN_FILE = "run.trec"
 
@@ -79,7 +79,7 @@ class BM25Config:
 class PromptRepsConfig:
     """PromptReps as its authors run it (ielab/PromptReps README: BEIR search with ``--query_max_len 512
     --passage_max_len 512 --alpha 0.5 --depth 1000``); the differences that remain are listed in
-    :mod:`eval.promptreps`."""
+    :mod:`workbench_eval.promptreps`."""
 
     mode: Literal["dense", "sparse", "hybrid"] = "hybrid"  # the representation whose metrics are reported
     alpha: float = 0.5  # hybrid weight of the dense scores (sparse: 1 - alpha)
@@ -128,8 +128,8 @@ def _say(msg: str) -> None:
 
 
 def _dense_search(cfg: RetrievalEvalConfig, q, c, k: int | None = None):
-    from eval.encoders import pick_device
-    from eval.search import exact_search, faiss_search
+    from workbench_eval.encoders import pick_device
+    from workbench_eval.search import exact_search, faiss_search
 
     k = k or cfg.search.top_k
     if cfg.search.backend == "faiss":
@@ -138,7 +138,7 @@ def _dense_search(cfg: RetrievalEvalConfig, q, c, k: int | None = None):
 
 
 def _corpus_key(fingerprint: str, data: RetrievalData, settings: dict) -> tuple[str, dict]:
-    from eval.cache import cache_key, corpus_hash
+    from workbench_eval.cache import cache_key, corpus_hash
 
     sha = corpus_hash(data.corpus_ids, data.corpus_texts)
     meta = {"model_fingerprint": fingerprint, "corpus_sha256": sha, "docs": len(data.corpus_ids),
@@ -147,7 +147,7 @@ def _corpus_key(fingerprint: str, data: RetrievalData, settings: dict) -> tuple[
 
 
 def _retrieve_bm25(cfg: RetrievalEvalConfig, data: RetrievalData) -> Retrieved:
-    from eval.bm25 import BM25Search
+    from workbench_eval.bm25 import BM25Search
 
     bm = BM25Search(cfg.bm25.k1, cfg.bm25.b, cfg.bm25.method, cfg.bm25.stopwords, cfg.bm25.stemmer)
     t0 = time.perf_counter()
@@ -161,9 +161,9 @@ def _retrieve_bm25(cfg: RetrievalEvalConfig, data: RetrievalData) -> Retrieved:
 
 
 def _retrieve_dense(cfg: RetrievalEvalConfig, data: RetrievalData, path: str, kind: str) -> Retrieved:
-    from eval.cache import cached_encode
-    from eval.encoders import HFEncoder, SentenceTransformerEncoder
-    from eval.search import to_run
+    from workbench_eval.cache import cached_encode
+    from workbench_eval.encoders import HFEncoder, SentenceTransformerEncoder
+    from workbench_eval.search import to_run
     from workbench.models import model_fingerprint
 
     m = cfg.model
@@ -198,9 +198,9 @@ def _retrieve_dense(cfg: RetrievalEvalConfig, data: RetrievalData, path: str, ki
 
 
 def _retrieve_promptreps(cfg: RetrievalEvalConfig, data: RetrievalData, path: str) -> Retrieved:
-    from eval.cache import cached_encode
-    from eval.promptreps import PromptRepsEncoder
-    from eval.search import minmax_fuse, sparse_search, to_run
+    from workbench_eval.cache import cached_encode
+    from workbench_eval.promptreps import PromptRepsEncoder
+    from workbench_eval.search import minmax_fuse, sparse_search, to_run
     from workbench.models import model_fingerprint
 
     m, p = cfg.model, cfg.promptreps
@@ -233,7 +233,7 @@ def _retrieve_promptreps(cfg: RetrievalEvalConfig, data: RetrievalData, path: st
     dense_deep = to_run(data.query_ids, data.corpus_ids, s, i)
     s, i = sparse_search(q_sparse, reps["sparse"], depth, cfg.search.corpus_chunk_size)
     sparse_deep = to_run(data.query_ids, data.corpus_ids, s, i, keep=lambda x: x > 0)
-    from eval.metrics import cut_run
+    from workbench_eval.metrics import cut_run
 
     hybrid_run = minmax_fuse([dense_deep, sparse_deep], [p.alpha, 1.0 - p.alpha])
     t_search = time.perf_counter() - t0
@@ -254,7 +254,7 @@ def _retrieve_promptreps(cfg: RetrievalEvalConfig, data: RetrievalData, path: st
 def retrieve(cfg: RetrievalEvalConfig, data: RetrievalData) -> Retrieved:
     if cfg.model.kind == "bm25":
         return _retrieve_bm25(cfg, data)
-    from eval.encoders import detect_kind
+    from workbench_eval.encoders import detect_kind
     from workbench.models import resolve_model
 
     path = resolve_model(cfg.model.name)
@@ -269,10 +269,11 @@ def retrieve(cfg: RetrievalEvalConfig, data: RetrievalData) -> Retrieved:
 
 def run(cfg: RetrievalEvalConfig, overwrite: bool = False) -> dict:
     from workbench.config import to_dict
-    from workbench.runs import atomic_write, open_run
+    from workbench.store.files import atomic_write
+    from workbench.store.runs import open_run
 
-    from eval.metrics import evaluate, write_trec_run
-    from eval.report import read_results, results_payload, write_report, write_results
+    from workbench_eval.metrics import evaluate, write_trec_run
+    from workbench_eval.report import read_results, results_payload, write_report, write_results
 
     # The collection and the model are checked before the run folder exists (a corrected rerun is a fresh run).
     t_start = time.perf_counter()

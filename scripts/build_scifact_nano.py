@@ -14,7 +14,7 @@ from pathlib import Path
 
 import bm25s
 
-from workbench.data.beir import doc_text, load_split
+from workbench.store.beir import doc_text, load_split
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--beir", required=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from workbench.config import load_recipe
+from workbench.jobs import load_recipe
 from workbench.training.preference import build_trainer
 
 recipe, out = sys.argv[1], Path(sys.argv[2])

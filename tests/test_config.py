@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from workbench.config import RecipeError, build, load_recipe, parse_overrides
+from workbench.config import RecipeError, build, parse_overrides
+from workbench.jobs import load_recipe
 
 from conftest import REPO, run_cli
 

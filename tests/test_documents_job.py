@@ -65,7 +65,7 @@ def test_level_prompt_must_contain_query(tmp_path):
 def test_broken_qrels(tmp_path, content, expect):
     import shutil
 
-    from workbench.data.beir import load_qrels
+    from workbench.store.beir import load_qrels
     from workbench.errors import DataError
 
     folder = tmp_path / "beir"

@@ -6,7 +6,7 @@ from math import comb
 import pytest
 
 from conftest import needs_vllm, run_cli
-from eval.reasoning import majority_correct, pass_at_k
+from workbench_eval.reasoning import majority_correct, pass_at_k
 
 
 def test_pass_at_k_by_hand():
@@ -25,7 +25,7 @@ def test_majority_vote():
 
 
 def test_tasks_registry_builds_prompts_and_scores():
-    from eval.tasks import Task, TaskConfig
+    from workbench_eval.tasks import Task, TaskConfig
     from workbench.config import build
 
     asdiv = Task(build(TaskConfig, {"name": "asdiv", "size": 3}))
@@ -64,7 +64,7 @@ def test_reverse_kl_scores_token_ids_against_a_different_model(tiny_llama, tmp_p
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from eval.diagnostics import reverse_kl
+    from workbench_eval.diagnostics import reverse_kl
 
     other = tmp_path / "other"
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)

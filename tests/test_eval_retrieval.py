@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import eval.retrieval as retrieval
-from eval import metrics as M
-from eval.search import exact_search, minmax_fuse, sparse_search
-from workbench.config import RecipeError, build, load_recipe
+import workbench_eval.retrieval as retrieval
+from workbench_eval import metrics as M
+from workbench_eval.search import exact_search, minmax_fuse, sparse_search
+from workbench.config import RecipeError, build
+from workbench.jobs import load_recipe
 from workbench.errors import DataError, WorkbenchError
 
 from conftest import FIXTURES, REPO
@@ -135,7 +136,7 @@ def test_hf_pooling_matches_sentence_transformers_and_cls_by_hand(tiny_bert):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from eval.encoders import HFEncoder, SentenceTransformerEncoder
+    from workbench_eval.encoders import HFEncoder, SentenceTransformerEncoder
 
     texts = ["Vitamin D increases calcium absorption.", "Index funds have lower fees than active funds.", "short"]
     st = SentenceTransformerEncoder(tiny_bert, normalize=True, show_progress=False, device="cpu")
@@ -176,7 +177,7 @@ def test_exact_search_in_chunks_equals_full_matmul_and_faiss():
     s_all, _ = exact_search(q, c, k=100, chunk_size=4)  # k beyond the corpus: all 23
     assert s_all.shape == (5, 23)
     pytest.importorskip("faiss")
-    from eval.search import faiss_search
+    from workbench_eval.search import faiss_search
 
     fs, fi = faiss_search(q, c, k=7)
     np.testing.assert_array_equal(fi, i)
@@ -236,7 +237,7 @@ def raw_qrels(path: Path) -> dict:
 
 
 def load_trec_tiny(threshold: int):
-    from eval.retrieval_data import DatasetConfig, load_data
+    from workbench_eval.retrieval_data import DatasetConfig, load_data
 
     return load_data(DatasetConfig(kind="beir", path=str(TREC_TINY), split="test"), threshold)
 
@@ -345,7 +346,7 @@ def test_job_metrics_equal_pytrec_eval_on_its_run_file_at_threshold_2(tmp_path):
 
 
 def test_qrels_duplicates_conflict_is_an_error_identical_warns(tmp_path, capsys):
-    from workbench.data.beir import load_qrels
+    from workbench.store.beir import load_qrels
 
     folder = copy_beir(tmp_path)
     qrels = folder / "qrels" / "test.tsv"
@@ -371,7 +372,7 @@ def test_promptreps_representations_equal_a_hand_computation(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from eval.promptreps import PromptRepsEncoder
+    from workbench_eval.promptreps import PromptRepsEncoder
 
     enc = PromptRepsEncoder(tiny_llama, batch_size=4, show_progress=False, device="cpu", sparse_max_terms=128)
     tok = AutoTokenizer.from_pretrained(tiny_llama)
@@ -467,7 +468,7 @@ def test_promptreps_hybrid_fuses_the_deep_lists_then_cuts_to_top_k(tmp_path, hom
     top-100 lists instead gives other scores, which this test tells apart."""
     import scipy.sparse
 
-    from eval.promptreps import PromptRepsEncoder
+    from workbench_eval.promptreps import PromptRepsEncoder
 
     folder = tmp_path / "beir150"
     (folder / "qrels").mkdir(parents=True)
@@ -547,7 +548,7 @@ def test_listwise_rows_become_corpus_and_qrels(tmp_path):
 
 
 def test_listwise_parquet_folder_with_column_map(tmp_path):
-    from workbench.generation import shards
+    from workbench.store import shards
 
     folder = tmp_path / "documents"
     shards.write_shard(folder, 0, [{"qid": "a", "q": "lung cancer smoking", "texts": ["smoking causes lung cancer",
@@ -563,9 +564,12 @@ def test_listwise_parquet_folder_with_column_map(tmp_path):
 
 @pytest.mark.parametrize("row, match", [
     ({"query_id": "a", "query": "x", "docs": [], "grades": []}, r"held\.jsonl:1: query 'a' has no judged documents"),
-    ({"query_id": "a", "query": "x", "docs": ["d"], "grades": [1, 2]}, r"held\.jsonl:1: 1 docs but 2 grades"),
-    ({"query_id": "a", "question": "x", "docs": ["d"], "grades": [1]}, r"held\.jsonl:1: missing column\(s\) 'query'"),
-    ({"query_id": "a", "query": "x", "docs": ["d"], "grades": ["high"]}, r"grades\[0\] = 'high' is not an integer"),
+    ({"query_id": "a", "query": "x", "docs": ["d"], "grades": [1, 2]},
+     r"held\.jsonl:1: field 'grades' \(role 'grades'\) must be a list with one grade per document: 1 documents"),
+    ({"query_id": "a", "question": "x", "docs": ["d"], "grades": [1]},
+     r"held\.jsonl: column 'query' for role 'query' not found.*Set dataset\.column_map\.query"),
+    ({"query_id": "a", "query": "x", "docs": ["d"], "grades": ["high"]}, r"held\.jsonl:1: field 'grades'\[0\] is 'high'"),
+    ({"query_id": "a", "query": "x", "docs": ["d"], "grades": [1.5]}, r"held\.jsonl:1: .*= 1\.5 is not an integer grade"),
     ({"query_id": "a b", "query": "x", "docs": ["d"], "grades": [1]}, r"ids must be non-empty, without spaces"),
 ])
 def test_listwise_bad_rows(tmp_path, row, match):

@@ -37,7 +37,7 @@ def test_a_mistyped_input_leaves_no_run_folder_and_the_fix_just_runs(tmp_path):
 
 
 def test_an_unfinished_run_that_produced_nothing_is_replaced_not_refused(tmp_path):
-    from workbench.runs import RunError, open_run
+    from workbench.store.runs import RunError, open_run
 
     open_run(tmp_path / "r", {"a": 1}, quiet=True)  # created, then (say) the stage failed: nothing produced
     run = open_run(tmp_path / "r", {"a": 2}, quiet=True)

@@ -104,7 +104,7 @@ def test_kl_estimate_is_within_3_se_of_the_enumerated_kl(tmp_path, toy_pair, bac
 
 
 def test_kl_estimate_standard_error_by_hand():
-    from eval.diagnostics import kl_estimate
+    from workbench_eval.diagnostics import kl_estimate
 
     # Two prompts, two samples each: d = [1, 3] and [0, 2]. KL = mean of per-prompt means = (2 + 1) / 2 = 1.5.
     # Within-prompt variances: 2 and 2; se = sqrt(2/2 + 2/2) / 2 = sqrt(2) / 2.

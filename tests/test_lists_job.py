@@ -6,12 +6,13 @@ import re
 
 import pytest
 
-from workbench.config import RecipeError, build, load_recipe
+from workbench.config import RecipeError, build
+from workbench.jobs import load_recipe
 from workbench.data import lists
-from workbench.data.beir import doc_text, load_corpus
+from workbench.store.beir import doc_text, load_corpus
 from workbench.data.calibration import calibration_report
 from workbench.errors import DataError, WorkbenchError
-from workbench.generation import shards
+from workbench.store import shards
 
 from conftest import FIXTURES, REPO
 
@@ -165,7 +166,13 @@ def test_bad_input(tmp_path, tiny_bert):
     rows = [{"query_id": "q1", "query": "x", "docs": ["a", "b"], "grades": [3], "provenance": ["s", "s"]}]
     shards.write_shard(tmp_path / "docs_run" / "documents", 0, rows)
     shards.finalize(tmp_path / "docs_run" / "documents", [1], {})
-    with pytest.raises(DataError, match=r"row 0 \(query_id 'q1'\).*must have the same length"):
+    with pytest.raises(DataError, match=r"shard-00000.parquet row 0: field 'grades' \(role 'grades'\) must be a list "
+                                        r"with one grade per document: 2 documents, grades: 1"):
+        lists.run(config(tmp_path))
+    rows[0]["grades"] = [3, 1]
+    rows[0]["provenance"] = ["s"]
+    shards.write_shard(tmp_path / "docs_run" / "documents", 0, rows)
+    with pytest.raises(DataError, match=r"row 0: field 'provenance' must be a list with one entry per document"):
         lists.run(config(tmp_path))
 
 

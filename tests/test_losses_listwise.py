@@ -7,13 +7,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.losses import (LISTWISE_LOSSES, gaussian_w2, graded_infonce_loss, lambda_loss, listnet_loss,
-                              ws2_loss)
-from workbench.losses.listwise_base import in_batch_layout
-from workbench.losses.ws2 import SQRT_EPS, trace_sqrt
+from workbench.losses import listwise
+from workbench.losses.listwise.base import in_batch_layout
+from workbench.losses.listwise.graded_infonce import graded_infonce_loss
+from workbench.losses.listwise.lambdaloss import lambda_loss
+from workbench.losses.listwise.listnet import listnet_loss
+from workbench.losses.listwise.ws2 import SQRT_EPS, gaussian_w2, trace_sqrt, ws2_loss
 
 LOG = math.log
-PURE = {name: fn for name, (_, fn) in LISTWISE_LOSSES.items()}
+PURE = {name: listwise.get(name).loss_fn for name in listwise.NAMES}
+
+
+def test_the_registry_is_the_files_and_each_module_shell_calls_its_pure_function():
+    assert listwise.NAMES == ("graded_infonce", "lambdaloss", "listnet", "ws2")
+    assert PURE == {"graded_infonce": graded_infonce_loss, "lambdaloss": lambda_loss, "listnet": listnet_loss,
+                    "ws2": ws2_loss}
+    assert listwise.get("lambdaloss").option_names() == ("mu", "sigma")
+    with pytest.raises(KeyError, match="did you mean 'ws2'"):
+        listwise.get("ws3")
 
 # Tolerances below come from error analyses in units of the unit roundoff u (half the machine epsilon): every basic
 # float operation returns the exact result times (1 + d), |d| <= u. Not from one machine's output.

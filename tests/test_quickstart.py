@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import needs_vllm, run_cli
-from workbench.quickstart import STAGES
+from workbench.quickstart import STEPS
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ from workbench.quickstart import STAGES
 def test_reduced_quickstart_end_to_end(tmp_path):
     proc = run_cli("quickstart", "--reduced", "--out", tmp_path, timeout=1500)
     assert "quickstart [16/16]" in proc.stderr
-    for stage in STAGES:
+    for stage in STEPS:
         status = json.loads((tmp_path / stage.name / "run.json").read_text())
         assert status["status"] == "done", stage.name
     for name in ("policy_eval_base", "policy_eval_dpo", "policy_eval_hypo"):
@@ -33,4 +33,4 @@ def test_reduced_quickstart_end_to_end(tmp_path):
     for png in ("policy.png", "retrieval.png"):
         assert (tmp_path / png).stat().st_size > 1000
     again = run_cli("quickstart", "--reduced", "--out", tmp_path)
-    assert again.stderr.count("done earlier, kept") == len(STAGES)
+    assert again.stderr.count("done earlier, kept") == len(STEPS)

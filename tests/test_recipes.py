@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workbench.config import load_recipe
+from workbench.jobs import load_recipe
 
 from conftest import REPO
 

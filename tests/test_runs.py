@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from workbench.runs import RunError, open_run
+from workbench.store.runs import RunError, open_run
 
 
 def test_start_writes_config_env_metrics(tmp_path):

@@ -241,9 +241,16 @@ def test_recipes_build_strictly(path):
 def test_recipe_errors_name_the_key():
     data = yaml.safe_load(TINY_RECIPE.read_text())
     data["loss"]["name"] = "wasserstein"
-    with pytest.raises(RecipeError, match="loss.name: expected one of 'ws2' .* got 'wasserstein'"):
+    with pytest.raises(RecipeError, match="loss.name: expected one of .*'ws2' .*'infonce', got 'wasserstein'"):
         build(ListwiseTrainConfig, data, "r.yaml")
     data["loss"]["name"] = "ws2"
+    data["loss"]["options"] = {"mu": 5.0}  # lambdaloss's option, not ws2's
+    with pytest.raises(RecipeError, match=r"options \['mu'\] are not options of loss 'ws2'; its options: none"):
+        build(ListwiseTrainConfig, data, "r.yaml")
+    data["loss"] = {"name": "lambdaloss", "mu": 5.0}  # the pre-0.2 key still works, with a deprecation warning
+    with pytest.warns(FutureWarning, match="loss.mu is deprecated .* use loss.options.mu"):
+        assert build(ListwiseTrainConfig, data, "r.yaml").loss.options == {"mu": 5.0}
+    data["loss"] = {"name": "ws2"}
     data["data"]["column_map"] = {"passage": "x"}
     with pytest.raises(RecipeError, match="unknown role"):
         build(ListwiseTrainConfig, data, "r.yaml")

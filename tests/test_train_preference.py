@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, needs_vllm, run_cli
-from workbench.config import load_recipe
+from workbench.jobs import load_recipe
 
 
 def _trainer(recipe, tmp_path, *overrides):
@@ -31,7 +31,7 @@ def test_hypo_with_lambda_zero_is_trl_dpo_exactly(tmp_path):
     torch.manual_seed(0)
     dpo = _trainer("recipes/tiny/dpo.yaml", tmp_path / "d", "lora=null")
     torch.manual_seed(0)
-    hypo = _trainer("recipes/tiny/hypo.yaml", tmp_path / "h", "lora=null", "hypo.lam=0.0", "hypo.sampler=hf")
+    hypo = _trainer("recipes/tiny/hypo.yaml", tmp_path / "h", "lora=null", "hypo.kl_coef=0.0", "hypo.sampler=hf")
     assert type(dpo).__name__ == "DPOTrainer" and type(hypo).__name__ == "HyPOTrainer"
     batch = _batch(dpo)
     losses, grads = [], []
@@ -53,14 +53,14 @@ def test_hypo_adds_lambda_times_kl_surrogate(tmp_path):
     from workbench.training.hypo_trainer import completion_logps
 
     torch.manual_seed(0)
-    t = _trainer("recipes/tiny/hypo.yaml", tmp_path, "lora=null", "hypo.lam=0.5", "hypo.sampler=hf",
+    t = _trainer("recipes/tiny/hypo.yaml", tmp_path, "lora=null", "hypo.kl_coef=0.5", "hypo.sampler=hf",
                  "dpo.ref_model=tiny-llama")
     batch = _batch(t)
     t.model.train()
     fixed = [[[1, 2, 3], [4, 5]]] * (batch["input_ids"].shape[0] // 2)
     t.sampler.sample = lambda model, prompts, step: fixed[:len(prompts)]
     total = t.compute_loss(t.model, batch)
-    t.hypo_lambda = 0.0
+    t.kl_coef = 0.0
     dpo_only = t.compute_loss(t.model, batch)
     prompts = t.batch_prompts(batch)
     lp = completion_logps(t.model, prompts, fixed[:len(prompts)], 0)

@@ -5,7 +5,7 @@ import json
 
 
 from conftest import run_cli
-from workbench.generation import shards
+from workbench.store import shards
 
 
 def make_rollouts(tmp_path, rows_by_shard):

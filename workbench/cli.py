@@ -25,7 +25,7 @@ def _add_partition_args(p: argparse.ArgumentParser) -> None:
 
 
 def _partition(args):
-    from workbench.generation.shards import Partition
+    from workbench.store.shards import Partition
 
     if args.world_size is not None or args.rank is not None:
         if args.world_size is None or args.rank is None or not 0 <= args.rank < args.world_size:
@@ -50,7 +50,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from workbench.config import dump_yaml, load_recipe
+    from workbench.config import dump_yaml
+    from workbench.jobs import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides)
     print(f"# {args.recipe}: valid ({type(cfg).__name__})")
@@ -59,9 +60,9 @@ def cmd_check(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from workbench.config import load_recipe
+    from workbench.jobs import load_recipe
     from workbench.generation import documents, rollouts
-    from workbench.generation.shards import Partition
+    from workbench.store.shards import Partition
 
     if args.what == "merge":
         cfg = load_recipe(args.config, args.overrides)
@@ -81,7 +82,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from eval.compare import report
+    from workbench_eval.compare import report
 
     out = args.out or (args.runs[0] if len(args.runs) == 1 else "reports/comparison")
     path = report(args.runs, out)
@@ -97,7 +98,7 @@ def cmd_quickstart(args) -> int:
 
 
 # Recipe-driven stages: subcommand -> (the recipe's job, "module:function" that runs it, help).
-STAGES = {
+RECIPE_COMMANDS = {
     "verify": ("verify", "workbench.verifiers.job:run",
                "score rollouts with a verifier (math, reasoning_gym, judge, rollout_aware)"),
     "pairs": ("pairs", "workbench.data.pairs:run", "build TRL preference pairs from verdicts (with prompt pruning)"),
@@ -109,8 +110,8 @@ STAGES = {
              "pairs -> DPO/HyPO -> eval, repeated"),
 }
 EVALS = {
-    "retrieval": ("eval_retrieval", "eval.retrieval:run", "nDCG/Recall/MAP/MRR via pytrec_eval on BEIR-format data"),
-    "reasoning": ("eval_reasoning", "eval.reasoning:run", "accuracy, pass@k, maj@k, mean length and KL to a "
+    "retrieval": ("eval_retrieval", "workbench_eval.retrieval:run", "nDCG/Recall/MAP/MRR via pytrec_eval on BEIR-format data"),
+    "reasoning": ("eval_reasoning", "workbench_eval.reasoning:run", "accuracy, pass@k, maj@k, mean length and KL to a "
                   "reference model"),
 }
 
@@ -126,7 +127,7 @@ def run_train(cfg, overwrite: bool = False):
 def cmd_stage(args) -> int:
     import importlib
 
-    from workbench.config import load_recipe
+    from workbench.jobs import load_recipe
 
     job, target = args.stage
     module, fn = target.split(":")
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
             _add_partition_args(g)
         g.set_defaults(func=cmd_generate)
 
-    for name, (job, target, help_) in STAGES.items():
+    for name, (job, target, help_) in RECIPE_COMMANDS.items():
         p = sub.add_parser(name, help=help_)
         _add_recipe_args(p)
         p.set_defaults(func=cmd_stage, stage=(job, target))

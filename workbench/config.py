@@ -7,7 +7,8 @@ Every key is checked against the dataclass fields, recursively:
 * a value of the wrong type fails with the expected type;
 * ``key.sub=value`` overrides (command line) are applied before validation, values parsed as YAML scalars.
 
-Stages register their config class with :func:`register_job`; this module knows nothing about any stage.
+Stages register their config class with :func:`register_job`; this module knows nothing about any stage (it is the
+base layer): :func:`workbench.jobs.load_recipe` imports every stage, then parses.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["RecipeError", "register_job", "JOBS", "load_recipe", "parse_overrides", "to_dict", "build", "dump_yaml"]
+__all__ = ["RecipeError", "register_job", "JOBS", "parse_recipe", "parse_overrides", "to_dict", "build", "dump_yaml"]
 
 
 class RecipeError(WorkbenchError, ValueError):
@@ -87,7 +88,7 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        from workbench.data.jsonl import utf8_error
+        from workbench.store.files import utf8_error
 
         lineno = raw.count(b"\n", 0, e.start) + 1
         start = raw.rfind(b"\n", 0, e.start) + 1
@@ -250,7 +251,50 @@ def _convert(value, tp, path: tuple, ctx: _Ctx):
     return value
 
 
+def _migrate(cls, data: dict, path: tuple, ctx: _Ctx) -> dict:
+    """Apply a section's renamed keys (``RENAMED = {old: new}`` on the dataclass), with a deprecation warning.
+
+    ``new`` is a dotted key inside the same section (``"kl_coef"``, ``"options.mu"``), or ``"."``: the old key was a
+    nested section whose keys now sit in this one (``grpo.grpo.beta`` -> ``grpo.beta``). The old spelling keeps
+    working for one release; a recipe that gives both spellings is an error.
+    """
+    renamed = getattr(cls, "RENAMED", None)
+    if not renamed or not any(k in data for k in renamed):
+        return data
+    data = dict(data)
+    for old, new in renamed.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        old_key = ".".join(map(str, path + (old,)))
+        if new == ".":
+            if not isinstance(value, dict):
+                ctx.fail(path + (old,), f"expected a mapping (deprecated nesting), got {type(value).__name__}")
+            clash = sorted(set(value) & set(data))
+            if clash:
+                ctx.fail(path + (old,), f"{clash} given both under {old_key} (deprecated) and directly; keep one")
+            data.update(value)
+            hint = f"move its keys up one level (e.g. {old_key}.X -> {'.'.join(map(str, path + ('X',)))})"
+        else:
+            *parents, leaf = new.split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    ctx.fail(path + (part,), f"expected a mapping, got {type(node).__name__}")
+            if leaf in node:
+                ctx.fail(path + (old,), f"given both as {old_key} (deprecated) and as the new key; keep the new one")
+            node[leaf] = value
+            hint = f"use {'.'.join(map(str, path + (new,)))}"
+        import warnings
+
+        warnings.warn(f"{ctx.where(path + (old,))}: {old_key} is deprecated and will be removed in 0.3: {hint}",
+                      FutureWarning, stacklevel=2)
+    return data
+
+
 def _build(cls, data: dict, path: tuple, ctx: _Ctx):
+    data = _migrate(cls, data, path, ctx)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -280,10 +324,12 @@ def build(cls, data: dict, source: str = "<config>", lines: dict | None = None):
     return _build(cls, data, (), _Ctx(source, lines or {}))
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, job: str | None = None):
-    """Load a recipe file onto its registered config class. ``job`` (if given) must match the recipe's ``job``."""
-    import workbench.jobs  # noqa: F401  (registers every stage's config class)
+def parse_recipe(path: str | Path, overrides: list[str] | None = None, job: str | None = None):
+    """Load a recipe file onto its registered config class. ``job`` (if given) must match the recipe's ``job``.
 
+    Only the job classes registered so far are known: the base imports no stage. Call
+    :func:`workbench.jobs.load_recipe`, which registers every stage first.
+    """
     data, lines = read_yaml(path)
     parsed = parse_overrides(overrides or [])
     apply_overrides(data, parsed)

@@ -27,38 +27,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from eval.tasks import TaskConfig
+from workbench_eval.tasks import TaskConfig
 from workbench.config import register_job
 from workbench.generation.backends import BackendConfig, SamplingConfig
 from workbench.generation.prompts import PromptSourceConfig
-from workbench.sections import RunConfig
+from workbench.store.runs import RunConfig
+from workbench.data.pairs import PairsSettings
 from workbench.training.preference import DPOSection, GRPOSection, HyPOSection
-from workbench.training.sections import LoraConfig, OptimConfig
+from workbench.training.settings import LoraConfig, OptimConfig
 from workbench.verifiers.job import VerifierConfig
 
-STAGES = ("grpo", "rollouts", "verify", "pairs", "preference", "eval")
+ITERATION_STAGES = ("grpo", "rollouts", "verify", "pairs", "preference", "eval")  # the order within one iteration
+
+# The loop's sections are the stages' own config classes (plus an on/off switch where a stage is optional), so a key
+# means the same thing here as in the stage's own recipe.
 
 
 @dataclass
-class GRPOStage:
+class GRPOStage(GRPOSection):
+    """The `grpo` recipe section (``train`` with ``method: grpo``) plus ``enabled`` and ``optim``. The loop supplies
+    the prompts (its pool) and the template. Before 0.2 the GRPO keys sat one level down (``grpo.grpo.*``)."""
+
+    RENAMED = {"grpo": "."}
+
     enabled: bool = True
-    grpo: GRPOSection = field(default_factory=GRPOSection)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(max_steps=10, learning_rate=1e-5))
+
+    def validate(self):
+        if self.prompts is not None:
+            raise ValueError("grpo.prompts: the loop trains GRPO on its own prompt pool (the top-level `prompts`)")
 
 
 @dataclass
 class RolloutStage:
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=4, temperature=0.7, max_tokens=128))
     backend: BackendConfig = field(default_factory=BackendConfig)
-
-
-@dataclass
-class PairsStage:
-    strategy: Literal["best_vs_worst", "margin", "veripo", "reflective"] = "veripo"
-    margin: float = 0.5
-    max_pairs_per_prompt: int | None = 2
-    drop_all_passed: bool = True
-    drop_none_passed: bool = True
 
 
 @dataclass
@@ -92,7 +95,8 @@ class LoopConfig(RunConfig):
     grpo: GRPOStage = field(default_factory=GRPOStage)
     rollouts: RolloutStage = field(default_factory=RolloutStage)
     verifier: VerifierConfig = field(default_factory=lambda: VerifierConfig(name="rollout_aware"))
-    pairs: PairsStage = field(default_factory=PairsStage)
+    # VerIPO's pairs by default: the longest good sample against each bad one, at most 2 per prompt.
+    pairs: PairsSettings = field(default_factory=lambda: PairsSettings(strategy="veripo", max_pairs_per_prompt=2))
     preference: PreferenceStage = field(default_factory=PreferenceStage)
     eval: EvalStage = field(default_factory=EvalStage)
     prune_easy_fraction: float = 0.8
@@ -144,7 +148,7 @@ class _Iteration:
         return json.loads(p.read_text()) if p.exists() else {}
 
     def _save(self, name: str, obj: dict) -> None:
-        from workbench.runs import atomic_write
+        from workbench.store.files import atomic_write
 
         atomic_write(self.dir / name, json.dumps(obj, indent=2))
 
@@ -173,14 +177,15 @@ def _policy_train_cfg(cfg: LoopConfig, method: str, model: str, out: Path, extra
 
 
 def run(cfg: LoopConfig, overwrite: bool = False) -> dict:
-    from eval import reasoning
+    from workbench_eval import reasoning
     from workbench.config import to_dict
     from workbench.data import pairs as pairs_job
     from workbench.generation import rollouts
     from workbench.generation.prompts import load_prompts
-    from workbench.generation.shards import read_manifest, read_rows
+    from workbench.store.shards import read_manifest, read_rows
     from workbench.models import merged_model_dir, resolve_model
-    from workbench.runs import atomic_write, open_run
+    from workbench.store.files import atomic_write
+    from workbench.store.runs import open_run
     from workbench.training import preference
     from workbench.verifiers import job as verify_job
 
@@ -202,7 +207,7 @@ def run(cfg: LoopConfig, overwrite: bool = False) -> dict:
         pool_src = {"kind": "jsonl", "path": str(pool_file)}
 
         if cfg.grpo.enabled:
-            g = to_dict(cfg.grpo.grpo)
+            g = {k: v for k, v in to_dict(cfg.grpo).items() if k not in ("enabled", "optim")}
             g["prompts"], g["template"] = pool_src, cfg.template
             it.stage("grpo", lambda out: preference.run(_stage_cfg(preference.GRPOTrainConfig, _policy_train_cfg(
                 cfg, "grpo", merged_model_dir(resolve_model(policy)), out,
@@ -217,13 +222,9 @@ def run(cfg: LoopConfig, overwrite: bool = False) -> dict:
         it.stage("verify", lambda out: verify_job.run(_stage_cfg(verify_job.VerifyConfig, {
             "job": "verify", "run_name": out.name, "output_dir": str(out), "input_dir": str(it.dir / "rollouts"),
             "verifier": to_dict(cfg.verifier)})), {"rollouts": str(it.dir / "rollouts")})
-        p = cfg.pairs
         it.stage("pairs", lambda out: pairs_job.run(_stage_cfg(pairs_job.PairsConfig, {
             "job": "pairs", "run_name": out.name, "output_dir": str(out), "seed": cfg.seed + i,
-            "input_dir": str(it.dir / "verify"), "strategy": p.strategy, "margin": p.margin,
-            "max_pairs_per_prompt": p.max_pairs_per_prompt,
-            "prune": {"drop_all_passed": p.drop_all_passed, "drop_none_passed": p.drop_none_passed}})),
-            {"verdicts": str(it.dir / "verify")})
+            "input_dir": str(it.dir / "verify"), **to_dict(cfg.pairs)})), {"verdicts": str(it.dir / "verify")})
         n_pairs = read_manifest(it.dir / "pairs" / "pairs")["num_rows"]
 
         pref = cfg.preference
@@ -273,7 +274,7 @@ def run(cfg: LoopConfig, overwrite: bool = False) -> dict:
         atomic_write(root / "run.json", json.dumps(status, indent=2, default=float))
         print(f"[loop] iteration {i}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                                    for k, v in summary.items() if k != "policy"), file=sys.stderr)
-    from eval.compare import report
+    from workbench_eval.compare import report
 
     report([str(root)], str(root))
     run_.mark_done({"final_policy": policy, "iterations": len(summaries)})

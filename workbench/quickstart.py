@@ -31,30 +31,30 @@ PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True)
-class Stage:
+class Step:
     part: str  # policy | retrieval
     name: str  # also the recipe file stem and the run folder name
     command: str  # the stage runner: rollouts, verify, pairs, train, eval_reasoning, documents, lists, eval_retrieval
     expected_seconds: float  # measured on the 2-core reference machine, for the time-remaining estimate
 
 
-STAGES = [
-    Stage("policy", "policy_rollouts", "rollouts", 40),
-    Stage("policy", "policy_verify", "verify", 8),
-    Stage("policy", "policy_pairs", "pairs", 6),
-    Stage("policy", "policy_dpo", "train", 80),
-    Stage("policy", "policy_hypo", "train", 140),
-    Stage("policy", "policy_eval_base", "eval_reasoning", 45),
-    Stage("policy", "policy_eval_dpo", "eval_reasoning", 55),
-    Stage("policy", "policy_eval_hypo", "eval_reasoning", 55),
-    Stage("retrieval", "retrieval_documents", "documents", 80),
-    Stage("retrieval", "retrieval_lists", "lists", 130),
-    Stage("retrieval", "retrieval_train_ws2", "train", 60),
-    Stage("retrieval", "retrieval_train_infonce", "train", 50),
-    Stage("retrieval", "retrieval_eval_minilm", "eval_retrieval", 30),
-    Stage("retrieval", "retrieval_eval_bm25", "eval_retrieval", 10),
-    Stage("retrieval", "retrieval_eval_ws2", "eval_retrieval", 30),
-    Stage("retrieval", "retrieval_eval_infonce", "eval_retrieval", 30),
+STEPS = [
+    Step("policy", "policy_rollouts", "rollouts", 40),
+    Step("policy", "policy_verify", "verify", 8),
+    Step("policy", "policy_pairs", "pairs", 6),
+    Step("policy", "policy_dpo", "train", 80),
+    Step("policy", "policy_hypo", "train", 140),
+    Step("policy", "policy_eval_base", "eval_reasoning", 45),
+    Step("policy", "policy_eval_dpo", "eval_reasoning", 55),
+    Step("policy", "policy_eval_hypo", "eval_reasoning", 55),
+    Step("retrieval", "retrieval_documents", "documents", 80),
+    Step("retrieval", "retrieval_lists", "lists", 130),
+    Step("retrieval", "retrieval_train_ws2", "train", 60),
+    Step("retrieval", "retrieval_train_infonce", "train", 50),
+    Step("retrieval", "retrieval_eval_minilm", "eval_retrieval", 30),
+    Step("retrieval", "retrieval_eval_bm25", "eval_retrieval", 10),
+    Step("retrieval", "retrieval_eval_ws2", "eval_retrieval", 30),
+    Step("retrieval", "retrieval_eval_infonce", "eval_retrieval", 30),
 ]
 
 
@@ -85,7 +85,7 @@ def _relocate(data, out: Path):
     return data
 
 
-def stage_overrides(stage: Stage, out: Path, reduced: bool = False) -> list[str]:
+def stage_overrides(stage: Step, out: Path, reduced: bool = False) -> list[str]:
     """key=value overrides that move the recipe's paths (and, with ``reduced``, shrink its sizes)."""
     path = RECIPES / f"{stage.name}.yaml"
     if not path.exists():
@@ -96,9 +96,9 @@ def stage_overrides(stage: Stage, out: Path, reduced: bool = False) -> list[str]
     return overrides + (REDUCED.get(stage.name, []) if reduced else [])
 
 
-def load_stage_config(stage: Stage, out: Path, reduced: bool = False):
+def load_stage_config(stage: Step, out: Path, reduced: bool = False):
     """The stage's recipe with its overrides, through the same strict loader the CLI uses."""
-    from workbench.config import load_recipe
+    from workbench.jobs import load_recipe
 
     return load_recipe(RECIPES / f"{stage.name}.yaml", stage_overrides(stage, out, reduced))
 
@@ -118,7 +118,7 @@ CLI = {"rollouts": ["generate", "rollouts"], "documents": ["generate", "document
        "eval_retrieval": ["eval", "retrieval"]}
 
 
-def stage_command(stage: Stage, out: Path, reduced: bool = False) -> list[str]:
+def stage_command(stage: Step, out: Path, reduced: bool = False) -> list[str]:
     """The exact `workbench ...` command line for a stage: its recipe plus the relocation (and reduction) overrides.
 
     Each stage runs in its own process, as a user would run it: its vLLM engine and models are released when it
@@ -128,7 +128,7 @@ def stage_command(stage: Stage, out: Path, reduced: bool = False) -> list[str]:
     return [sys.executable, "-m", "workbench", *CLI[stage.command], "--config", str(RECIPES / f"{stage.name}.yaml"),
             *stage_overrides(stage, out, reduced)]
 
-def _done(out: Path, stage: Stage) -> bool:
+def _done(out: Path, stage: Step) -> bool:
     p = out / stage.name / "run.json"
     return p.exists() and json.loads(p.read_text()).get("status") == "done"
 
@@ -136,7 +136,7 @@ def _done(out: Path, stage: Stage) -> bool:
 def run(out: str | Path = "runs/quickstart", part: str = "all", reduced: bool = False) -> Path:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stages = [s for s in STAGES if part in ("all", s.part)]
+    stages = [s for s in STEPS if part in ("all", s.part)]
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     t_start = time.perf_counter()
@@ -158,7 +158,7 @@ def run(out: str | Path = "runs/quickstart", part: str = "all", reduced: bool = 
                                  f"`workbench quickstart`: finished stages are kept. The stage alone: "
                                  f"{' '.join(cmd[2:])}")
         timings[stage.name] = round(time.perf_counter() - t0, 1)
-        from workbench.runs import atomic_write
+        from workbench.store.files import atomic_write
 
         atomic_write(timings_file, json.dumps(timings, indent=2))
     from workbench.quickstart_report import write_report

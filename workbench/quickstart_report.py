@@ -134,7 +134,8 @@ def _retrieval_section(out: Path) -> list[str]:
 
 
 def write_report(out: Path, stage_names: list[str], timings: dict) -> Path:
-    from workbench.runs import atomic_write, env_info
+    from workbench.store.files import atomic_write
+    from workbench.store.runs import env_info
 
     env = env_info()
     lines = ["# contrast-workbench quickstart", "",

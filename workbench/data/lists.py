@@ -34,20 +34,13 @@ from pathlib import Path
 from typing import Literal
 
 from workbench.config import register_job
+from workbench.store.list_rows import COLUMNS as LIST_COLUMNS, schema as list_schema  # the one row schema
 from workbench.errors import DataError, WorkbenchError
-from workbench.generation import shards
+from workbench.store import shards
 from workbench.generation.rollouts import ShardingConfig
-from workbench.sections import RunConfig
+from workbench.store.runs import RunConfig
 from workbench.verifiers.judge import JudgeConfig
 
-LIST_COLUMNS = ["query_id", "query", "docs", "grades", "provenance"]
-
-
-def list_schema():
-    import pyarrow as pa
-
-    return pa.schema([("query_id", pa.string()), ("query", pa.string()), ("docs", pa.list_(pa.string())),
-                      ("grades", pa.list_(pa.int64())), ("provenance", pa.list_(pa.string()))])
 
 
 @dataclass
@@ -141,23 +134,20 @@ class ListsConfig(RunConfig):
 
 
 def read_documents(folder: Path) -> list[dict]:
-    """The documents run's rows, checked: named columns present, docs/grades/provenance aligned, int grades."""
-    rows = shards.read_rows(folder)
-    if not rows:
+    """The documents run's rows, checked by the one list-wise row reader (workbench.store.list_rows), plus the
+    provenance this stage carries along: one entry per document."""
+    from workbench.store.list_rows import check_row, columns_for, read_records
+
+    records = read_records(folder, "documents run (input_dir)")
+    if not records:
         raise DataError(f"{folder}: the documents run has no rows")
-    missing = [c for c in LIST_COLUMNS if c not in rows[0]]
-    if missing:
-        raise DataError(f"{folder}: rows lack column(s) {missing} (have {sorted(rows[0])}); `workbench lists` reads "
-                        "the output of `workbench generate documents`")
-    for i, r in enumerate(rows):
-        n = len(r["docs"])
-        if len(r["grades"]) != n or len(r["provenance"]) != n:
-            raise DataError(f"{folder}: row {i} (query_id {r['query_id']!r}): docs ({n}), grades ({len(r['grades'])}) "
-                            f"and provenance ({len(r['provenance'])}) must have the same length")
-        if any(isinstance(g, bool) or not isinstance(g, int) for g in r["grades"]):
-            raise DataError(f"{folder}: row {i} (query_id {r['query_id']!r}): field 'grades' must hold integers, "
-                            f"got {r['grades']!r}")
-    return rows
+    cols = columns_for(records, {}, LIST_COLUMNS, folder, "the documents job's columns:")
+    for where, r in records:
+        check_row(where, r, cols, integer_grades=True)
+        if not isinstance(r["provenance"], list) or len(r["provenance"]) != len(r["docs"]):
+            raise DataError(f"{where}: field 'provenance' must be a list with one entry per document "
+                            f"({len(r['docs'])} documents)")
+    return [r for _, r in records]
 
 
 # ----------------------------------------------------------------------------------------------- 1. calibration
@@ -179,7 +169,7 @@ def load_grader(cfg: CalibrationConfig, seed: int):
 def calibrate(cfg: ListsConfig, run_path: Path, rows: list[dict]) -> tuple[list[dict], dict]:
     from workbench.data.calibration import (calibration_report, filter_disagreeing, judge_grades, plot_confusion,
                                             render_calibration_markdown)
-    from workbench.runs import atomic_write
+    from workbench.store.files import atomic_write
 
     cal = cfg.calibration
     for i, r in enumerate(rows):
@@ -288,7 +278,7 @@ class SoftmaxMiner:
     """CoRNStack's sampler over a BEIR corpus; corpus embeddings cached (atomically) in the run folder."""
 
     def __init__(self, cfg: ListsConfig, run_path: Path, encoder, n_rows: int):
-        from workbench.data.beir import doc_text, load_corpus, load_qrels
+        from workbench.store.beir import doc_text, load_corpus, load_qrels
 
         neg = cfg.negatives
         corpus = load_corpus(neg.corpus)
@@ -360,9 +350,9 @@ class SoftmaxMiner:
 
 def st_negatives(cfg: ListsConfig, run_path: Path, rows: list[dict], encoder) -> dict[str, list[str]]:
     """The baseline over all rows at once (it is the library's batch function), saved once to the run folder."""
-    from workbench.data.beir import doc_text, load_corpus, load_qrels
+    from workbench.store.beir import doc_text, load_corpus, load_qrels
     from workbench.data.negatives import mine_st
-    from workbench.runs import atomic_write
+    from workbench.store.files import atomic_write
 
     cache = run_path / "cache" / "st_negatives.json"
     if cache.exists():
@@ -394,10 +384,9 @@ def st_negatives(cfg: ListsConfig, run_path: Path, rows: list[dict], encoder) ->
 
 
 def run(cfg: ListsConfig, overwrite: bool = False) -> dict:
-    from workbench.config import to_dict
-    from workbench.runs import atomic_write, open_run
-
     from workbench.models import resolve_model
+    from workbench.store.files import atomic_write
+    from workbench.store.stage import start_stage
 
     src = shards.stage_folder(cfg.input_dir, "documents")
     src_manifest = shards.require_complete(src, "documents")
@@ -408,11 +397,10 @@ def run(cfg: ListsConfig, overwrite: bool = False) -> dict:
         resolve_model(cfg.calibration.judge.model)
     if cfg.negatives.enabled and not (Path(cfg.negatives.corpus) / "corpus.jsonl").is_file():
         raise DataError(f"negatives.corpus: {cfg.negatives.corpus} holds no corpus.jsonl; point it at a BEIR folder")
-    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
-    out = run_.path / "lists"
-    if shards.read_manifest(out):
-        print(f"[lists] {out} is complete; nothing to do", file=sys.stderr)
-        return shards.read_manifest(out)
+    stage = start_stage(cfg, "lists", overwrite=overwrite)
+    if stage.finished:
+        return stage.manifest
+    run_, out = stage.run, stage.out
     counts: dict = {"rows_in": len(rows), "docs_in": sum(len(r["docs"]) for r in rows)}
 
     if cfg.calibration.enabled:
@@ -494,7 +482,7 @@ def run(cfg: ListsConfig, overwrite: bool = False) -> dict:
     manifest = shards.finalize(out, [min(cfg.sharding.shard_size, len(rows) - k * cfg.sharding.shard_size)
                                      for k in range(units)] or [0], {
         "job": "lists", "input": str(src), "input_model": src_manifest.get("model"),
-        "embedding_model": cfg.embedding_model, "columns": LIST_COLUMNS, "counts": counts})
+        "embedding_model": cfg.embedding_model, "columns": list(LIST_COLUMNS), "counts": counts})
     run_.log_metrics({f"lists/{k}": v for k, v in counts.items() if isinstance(v, (int, float))})
     run_.mark_done(counts)
     print(f"[lists] complete: {len(rows)} of {counts['rows_in']} rows, {counts['docs_out']} documents "

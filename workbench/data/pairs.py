@@ -28,12 +28,11 @@ import json
 import random
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from workbench.config import register_job
-from workbench.generation import shards
-from workbench.sections import RunConfig
+from workbench.store import shards
+from workbench.store.runs import RunConfig
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "prompt_id", "chosen_score", "rejected_score", "strategy"]
 
@@ -65,10 +64,13 @@ class PruneConfig:
             raise ValueError("keep_all_passed_fraction must be in [0, 1]")
 
 
-@register_job("pairs")
 @dataclass
-class PairsConfig(RunConfig):
-    input_dir: str = ""  # a verify run folder (or its verdicts/ subfolder)
+class PairsSettings:
+    """How pairs are made: the `pairs` recipe's own keys, and the loop's `pairs` section (the same class).
+    (The loop's pre-0.2 ``pairs.drop_all_passed``/``drop_none_passed`` are ``prune.*`` keys, as here.)"""
+
+    RENAMED = {"drop_all_passed": "prune.drop_all_passed", "drop_none_passed": "prune.drop_none_passed"}
+
     strategy: Literal["best_vs_worst", "margin", "veripo", "reflective"] = "best_vs_worst"
     margin: float = 0.5
     max_pairs_per_prompt: int | None = 4
@@ -77,14 +79,23 @@ class PairsConfig(RunConfig):
     test_fraction: float = 0.0  # hold out this share of prompts as a `test` split (by prompt, seeded)
 
     def validate(self):
-        if not self.input_dir:
-            raise ValueError("input_dir is required: the verify run folder")
         if not 0 <= self.test_fraction < 1:
             raise ValueError("test_fraction must be in [0, 1)")
 
 
+@register_job("pairs")
 @dataclass
-class Sample:
+class PairsConfig(PairsSettings, RunConfig):
+    input_dir: str = ""  # a verify run folder (or its verdicts/ subfolder)
+
+    def validate(self):
+        if not self.input_dir:
+            raise ValueError("input_dir is required: the verify run folder")
+        PairsSettings.validate(self)
+
+
+@dataclass
+class ScoredCompletion:
     completion: str
     score: float
     passed: bool
@@ -106,7 +117,7 @@ class Sample:
         return not self.accurate or self.details.get("consistent") is False
 
 
-def _pairs_for_prompt(samples: list[Sample], cfg: PairsConfig, rng: random.Random) -> list[tuple[str, str, float, float]]:
+def _pairs_for_prompt(samples: list[ScoredCompletion], cfg: PairsConfig, rng: random.Random) -> list[tuple[str, str, float, float]]:
     out: list[tuple[str, str, float, float]] = []
     if cfg.strategy == "best_vs_worst":
         ranked = sorted(samples, key=lambda s: s.score)
@@ -155,7 +166,7 @@ def build_pairs(rows: list[dict], cfg: PairsConfig, chat: bool, system_prompt: s
             if "skipped" in details:
                 counts["skipped_rows"] += 1
                 continue
-            samples.append(Sample(r["completion"], float(r["score"]), bool(r["passed"]), details))
+            samples.append(ScoredCompletion(r["completion"], float(r["score"]), bool(r["passed"]), details))
         if not samples:
             continue
         n_pass = sum(s.passed for s in samples)
@@ -189,8 +200,8 @@ def build_pairs(rows: list[dict], cfg: PairsConfig, chat: bool, system_prompt: s
 
 
 def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
-    from workbench.config import to_dict
-    from workbench.runs import atomic_write, open_run
+    from workbench.store.files import atomic_write
+    from workbench.store.stage import start_stage
 
     src = shards.stage_folder(cfg.input_dir, "verdicts")
     src_manifest = shards.require_complete(src, "verify")
@@ -201,10 +212,10 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
         from workbench.errors import DataError
 
         raise DataError(f"{src}: verdict rows lack column(s) {missing}; pairs reads the output of `workbench verify`")
-    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
-    if run_.done:
-        print(f"[pairs] {run_.path} is complete; nothing to do", file=sys.stderr)
-        return json.loads((run_.path / "pairs" / shards.MANIFEST).read_text())
+    stage = start_stage(cfg, "pairs", overwrite=overwrite)
+    if stage.finished:
+        return stage.manifest
+    run_ = stage.run
     pairs, counts = build_pairs(rows, cfg, chat=src_manifest.get("chat", True),
                                 system_prompt=src_manifest.get("system_prompt"))
     # Held-out split by prompt, so no prompt appears on both sides.

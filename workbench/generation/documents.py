@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Literal
 
 from workbench.config import register_job
+from workbench.store import list_rows
 from workbench.errors import DataError
-from workbench.generation import shards
+from workbench.store import shards
 from workbench.generation.backends import BackendConfig, SamplingConfig
 from workbench.generation.rollouts import ShardingConfig
-from workbench.sections import RunConfig
+from workbench.store.runs import RunConfig
 
 DEFAULT_LEVEL_PROMPTS = {
     3: ("Write a short passage (about 80 words) that is perfectly relevant to the query below: it is dedicated to "
@@ -111,7 +112,7 @@ class Query:
 def load_queries(cfg: QuerySourceConfig) -> tuple[list[Query], list[tuple[str, str]]]:
     """Queries plus the real corpus (doc_id, text) used for BM25 negatives."""
     if cfg.kind == "beir":
-        from workbench.data.beir import doc_text, load_split
+        from workbench.store.beir import doc_text, load_split
 
         sp = load_split(cfg.path, cfg.split)
         corpus = [(d, doc_text(v)) for d, v in sp.corpus.items()]
@@ -182,33 +183,27 @@ class _BM25Negatives:
 
 
 def run(cfg: DocumentsConfig, overwrite: bool = False, part: shards.Partition | None = None) -> dict:
-    from workbench.config import to_dict
-    from workbench.generation.backends import make_backend
+    from workbench.generation.backends import derive_seed, make_backend
     from workbench.generation.rollouts import build_messages
-    from workbench.runs import open_run
-
     from workbench.models import resolve_model
+    from workbench.store.stage import finish_units, start_stage
 
     # Inputs and model first, before the run folder exists (see rollouts.run).
     queries, corpus = load_queries(cfg.queries)
     if not queries:
         raise DataError(f"{cfg.queries.path or cfg.queries.name}: no queries")
     resolve_model(cfg.model)
-    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
-    out = run_.path / "documents"
-    if shards.read_manifest(out):
-        print(f"[documents] {out} is complete; nothing to do", file=sys.stderr)
-        return shards.read_manifest(out)
+    stage = start_stage(cfg, "documents", overwrite=overwrite)
+    if stage.finished:
+        return stage.manifest
     part = part or shards.Partition.from_env()
     backend = None
-    if shards.pending_units(out, len(queries), cfg.sharding.shard_size, part):
+    if shards.pending_units(stage.out, len(queries), cfg.sharding.shard_size, part):
         backend = make_backend(cfg.model, cfg.backend, seed=cfg.seed)
-        run_.update_env("generation", backend.describe())
+        stage.run.update_env("generation", backend.describe())
     bm25 = _BM25Negatives(corpus) if backend and cfg.real and cfg.real.bm25_negatives and corpus else None
 
     def process(chunk: list[Query], unit: int):
-        from workbench.generation.backends import derive_seed
-
         prompts = [build_messages(cfg.prompt_for(g).format(query=q.query), True, cfg.system_prompt)
                    for q in chunk for g in cfg.levels]
         results = backend.generate(prompts, cfg.sampling,
@@ -236,22 +231,19 @@ def run(cfg: DocumentsConfig, overwrite: bool = False, part: shards.Partition | 
                          "provenance": prov})
         return rows, ntok
 
-    stats = shards.run_units(queries, cfg.sharding.shard_size, out, part, process, desc="documents",
-                             samples_per_item=len(cfg.levels) * cfg.sampling.n)
+    stats = shards.run_units(queries, cfg.sharding.shard_size, stage.out, part, process, desc="documents",
+                             samples_per_item=len(cfg.levels) * cfg.sampling.n, schema=list_rows.schema())
     if stats["units_run"]:
-        run_.log_metrics({f"throughput/{k}": v for k, v in stats.items()}, rank=part.rank)
+        stage.run.log_metrics({f"throughput/{k}": v for k, v in stats.items()}, rank=part.rank)
         print(f"[documents] {stats['samples']} documents, {stats['tokens']} tokens in {stats['seconds']:.1f}s "
               f"({stats['tokens_per_s']:.1f} tok/s)", file=sys.stderr)
-    if not shards.all_units_present(out, len(queries), cfg.sharding.shard_size):
-        print("[documents] this rank is done; waiting for other ranks' shards (or run the merge step)", file=sys.stderr)
-        return {"complete": False}
-    units = shards.num_units(len(queries), cfg.sharding.shard_size)
-    expected = [min(cfg.sharding.shard_size, len(queries) - k * cfg.sharding.shard_size) for k in range(units)]
-    manifest = shards.finalize(out, expected, {
+    manifest = finish_units(stage, len(queries), cfg.sharding.shard_size, 1, {
         "job": "documents", "model": cfg.model, "num_queries": len(queries), "levels": cfg.levels,
-        "columns": ["query_id", "query", "docs", "grades", "provenance"],
-        "level_prompts": {g: cfg.prompt_for(g) for g in cfg.levels}})
-    run_.mark_done({"rows": manifest["num_rows"]})
-    print(f"[documents] complete: {manifest['num_rows']} list-wise rows -> {out}", file=sys.stderr)
+        "columns": list(list_rows.COLUMNS), "level_prompts": {g: cfg.prompt_for(g) for g in cfg.levels}},
+        "documents")
+    if manifest is None:
+        return {"complete": False}
+    stage.run.mark_done({"rows": manifest["num_rows"]})
+    print(f"[documents] complete: {manifest['num_rows']} list-wise rows -> {stage.out}", file=sys.stderr)
     return manifest
 

@@ -7,6 +7,7 @@ field, and says which ``column_map`` entry fixes it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +52,7 @@ class PromptRecord:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    from workbench.data.jsonl import read_jsonl
+    from workbench.store.files import read_jsonl
 
     return read_jsonl(path)
 
@@ -102,10 +103,44 @@ def _gsm8k(path: Path) -> list[PromptRecord]:
     return out
 
 
+def _json_default(obj: Any):
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def entry_to_reference(entry: dict) -> str:
+    """A reasoning-gym entry as the JSON string a row stores as its ``reference``."""
+    try:
+        return json.dumps(dict(entry), sort_keys=True, ensure_ascii=False, default=_json_default)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"reasoning_gym entry cannot be stored as a JSON reference: {e}") from e
+
+
+def reference_to_entry(reference: str) -> dict:
+    """Inverse of :func:`entry_to_reference`; a clear :class:`DataError` when the reference is not one."""
+    try:
+        entry = json.loads(reference)
+    except (TypeError, ValueError) as e:
+        shown = reference if not isinstance(reference, str) or len(reference) <= 80 else reference[:77] + "..."
+        raise DataError(
+            f"reasoning_gym verifier: reference {shown!r} is not JSON; build references with "
+            f"workbench.generation.prompts.entry_to_reference(entry)"
+        ) from e
+    if not isinstance(entry, dict) or "answer" not in entry:
+        raise DataError(
+            "reasoning_gym verifier: reference must be a JSON object with an 'answer' key "
+            "(a reasoning_gym entry, as written by entry_to_reference)"
+        )
+    return entry
+
+
 def _reasoning_gym(cfg: PromptSourceConfig) -> list[PromptRecord]:
     import reasoning_gym
-
-    from workbench.verifiers.reasoning_gym import entry_to_reference
 
     try:
         # Generate extra when deduplicating: small task spaces repeat questions.

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from workbench.config import register_job
 from workbench.generation.backends import BackendConfig, SamplingConfig
 from workbench.generation.prompts import PromptRecord, PromptSourceConfig, load_prompts
-from workbench.generation import shards
-from workbench.sections import RunConfig
+from workbench.store import shards
+from workbench.store.runs import RunConfig
 
 ROLLOUT_COLUMNS = ["prompt_id", "prompt", "sample_idx", "completion", "prompt_token_ids", "completion_token_ids",
                    "reference", "finish_reason", "num_tokens", "logprob", "model", "backend"]
@@ -97,9 +97,8 @@ def _filter_prompts(cfg: RolloutsConfig, records: list[PromptRecord]) -> tuple[l
 
 
 def run(cfg: RolloutsConfig, overwrite: bool = False, part: shards.Partition | None = None) -> dict:
-    from workbench.config import to_dict
-    from workbench.generation.backends import make_backend
-    from workbench.runs import open_run
+    from workbench.generation.backends import derive_seed, make_backend
+    from workbench.store.stage import finish_units, start_stage
 
     # The prompts and the model are checked before the run folder exists: a mistyped path or model fails here, and
     # the corrected rerun is not refused as "a different config".
@@ -108,24 +107,20 @@ def run(cfg: RolloutsConfig, overwrite: bool = False, part: shards.Partition | N
         from workbench.errors import DataError
 
         raise DataError(f"{cfg.prompts.path or cfg.prompts.task}: no usable prompts ({skipped})")
-    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
-    out = run_.path / "rollouts"
-    if shards.read_manifest(out):
-        print(f"[rollouts] {out} is complete; nothing to do", file=sys.stderr)
-        return shards.read_manifest(out)
+    stage = start_stage(cfg, "rollouts", overwrite=overwrite)
+    if stage.finished:
+        return stage.manifest
     part = part or shards.Partition.from_env()
     if skipped["empty"] or skipped["too_long"]:
         print(f"[rollouts] skipped {skipped['empty']} empty prompt(s) and {skipped['too_long']} prompt(s) longer "
               f"than max_model_len {skipped['max_model_len']} - max_tokens {cfg.sampling.max_tokens}", file=sys.stderr)
 
     backend = None
-    if shards.pending_units(out, len(records), cfg.sharding.shard_size, part):
+    if shards.pending_units(stage.out, len(records), cfg.sharding.shard_size, part):
         backend = make_backend(cfg.model, cfg.backend, seed=cfg.seed)
-        run_.update_env("generation", backend.describe())
+        stage.run.update_env("generation", backend.describe())
 
     def process(chunk: list[PromptRecord], unit: int):
-        from workbench.generation.backends import derive_seed
-
         users = [cfg.template.format(prompt=r.prompt) for r in chunk]
         results = backend.generate([build_messages(u, cfg.chat, cfg.system_prompt) for u in users], cfg.sampling,
                                    seed=derive_seed(cfg.seed, cfg.sampling.seed, "rollouts", unit))
@@ -140,31 +135,20 @@ def run(cfg: RolloutsConfig, overwrite: bool = False, part: shards.Partition | N
                              "backend": backend.name})
         return rows, ntok
 
-    stats = shards.run_units(records, cfg.sharding.shard_size, out, part, process, desc="rollouts",
+    stats = shards.run_units(records, cfg.sharding.shard_size, stage.out, part, process, desc="rollouts",
                              samples_per_item=cfg.sampling.n, schema=rollout_schema())
     if stats["units_run"]:
-        run_.log_metrics({f"throughput/{k}": v for k, v in stats.items()}, rank=part.rank)
+        stage.run.log_metrics({f"throughput/{k}": v for k, v in stats.items()}, rank=part.rank)
         print(f"[rollouts] rank {part.rank}/{part.world_size}: {stats['samples']} samples, {stats['tokens']} tokens "
               f"in {stats['seconds']:.1f}s = {stats['samples_per_s']:.2f} samples/s, "
               f"{stats['tokens_per_s']:.1f} tok/s", file=sys.stderr)
-    return finalize(cfg, run_, records, skipped)
-
-
-def finalize(cfg: RolloutsConfig, run_, records, skipped) -> dict:
-    out = run_.path / "rollouts"
-    units = shards.num_units(len(records), cfg.sharding.shard_size)
-    if not shards.all_units_present(out, len(records), cfg.sharding.shard_size):
-        print("[rollouts] this rank is done; other ranks' shards are still missing. The last rank to finish writes "
-              "the manifest (or run `workbench generate merge --config ...`).", file=sys.stderr)
-        return {"complete": False}
-    expected = [min(cfg.sharding.shard_size, len(records) - k * cfg.sharding.shard_size) * cfg.sampling.n
-                for k in range(units)]
-    manifest = shards.finalize(out, expected, {
+    manifest = finish_units(stage, len(records), cfg.sharding.shard_size, cfg.sampling.n, {
         "job": "rollouts", "model": cfg.model, "num_prompts": len(records), "n": cfg.sampling.n,
         "skipped": skipped, "columns": ROLLOUT_COLUMNS, "chat": cfg.chat, "system_prompt": cfg.system_prompt,
-        "template": cfg.template})
-    run_.mark_done({"rows": manifest["num_rows"], "prompts": len(records)})
-    print(f"[rollouts] complete: {manifest['num_rows']} rows in {len(manifest['shards'])} shard(s) -> {out}",
+        "template": cfg.template}, "rollouts")
+    if manifest is None:
+        return {"complete": False}
+    stage.run.mark_done({"rows": manifest["num_rows"], "prompts": len(records)})
+    print(f"[rollouts] complete: {manifest['num_rows']} rows in {len(manifest['shards'])} shard(s) -> {stage.out}",
           file=sys.stderr)
     return manifest
-

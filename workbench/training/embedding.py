@@ -23,25 +23,29 @@ import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from workbench.errors import DataError
 from workbench.config import register_job
-from workbench.sections import RunConfig
+from workbench.store.runs import RunConfig
 from workbench.training.listwise_data import ListwiseDataConfig
-from workbench.training.sections import LoraConfig, OptimConfig
+from workbench.training.settings import LoraConfig, OptimConfig
 
-LOSS_NAMES = ("ws2", "listnet", "lambdaloss", "graded_infonce", "infonce")
+from workbench.losses import listwise as _listwise_losses
+
+# The registry of list-wise losses (their file names) plus the binary baseline: the recipe schema is derived from it.
+LOSS_NAMES = (*_listwise_losses.NAMES, "infonce")
 
 
 @dataclass
 class ListwiseLossConfig:
-    name: Literal["ws2", "listnet", "lambdaloss", "graded_infonce", "infonce"] = "ws2"
+    RENAMED = {"mu": "options.mu", "sigma": "options.sigma"}  # lambdaloss's options, formerly top-level keys
+
+    name: Literal[LOSS_NAMES] = "ws2"  # type: ignore[valid-type]
     temperature: float = 0.05  # s / tau; 0.05 = sentence-transformers' scale 20 for cosine scores
     similarity: Literal["cos", "dot"] = "cos"
     in_batch_negatives: bool = True  # list-wise losses: score every query against every document of the batch
-    mu: float = 10.0  # lambdaloss: NDCG-Loss2 weight in NDCG-Loss2++
-    sigma: float = 1.0  # lambdaloss: sigmoid slope
+    options: dict[str, Any] = field(default_factory=dict)  # the loss's own keywords, e.g. lambdaloss: {mu, sigma}
     infonce_negatives: int = 2  # infonce: hard negatives per query (documents graded below relevant_min_grade)
 
     def validate(self):
@@ -49,6 +53,12 @@ class ListwiseLossConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.infonce_negatives < 0:
             raise ValueError("infonce_negatives must be >= 0")
+        if self.options:
+            allowed = () if self.name == "infonce" else _listwise_losses.get(self.name).option_names()
+            bad = sorted(set(self.options) - set(allowed))
+            if bad:
+                raise ValueError(f"options {bad} are not options of loss {self.name!r}; its options: "
+                                 f"{list(allowed) or 'none'}")
 
 
 @dataclass
@@ -124,12 +134,8 @@ def build_loss(cfg: ListwiseLossConfig, model):
 
         return MultipleNegativesRankingLoss(model, scale=1.0 / cfg.temperature,
                                             similarity_fct=cos_sim if cfg.similarity == "cos" else dot_score)
-    from workbench.losses import LISTWISE_LOSSES
-
-    cls = LISTWISE_LOSSES[cfg.name][0]
-    extra = {"mu": cfg.mu, "sigma": cfg.sigma} if cfg.name == "lambdaloss" else {}
-    return cls(model, temperature=cfg.temperature, similarity=cfg.similarity,
-               in_batch_negatives=cfg.in_batch_negatives, **extra)
+    return _listwise_losses.get(cfg.name)(model, temperature=cfg.temperature, similarity=cfg.similarity,
+                                          in_batch_negatives=cfg.in_batch_negatives, **cfg.options)
 
 
 def build_datasets(cfg: ListwiseTrainConfig, train_rows, eval_rows):
@@ -224,7 +230,7 @@ def run(cfg: ListwiseTrainConfig, overwrite: bool = False, callbacks: list | Non
     ``callbacks``: extra ``transformers.TrainerCallback`` objects (a reporter; a test's simulated crash).
     """
     from workbench.config import to_dict
-    from workbench.runs import open_run
+    from workbench.store.runs import open_run
     from workbench.training.listwise_data import holdout_split, load_lists
 
     from workbench.models import resolve_model

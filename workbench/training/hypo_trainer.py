@@ -6,7 +6,7 @@ subclass only adds the online term of Song et al. 2024 (maths and derivation in 
 1. take the batch's prompts (the chosen half's prompt tokens);
 2. draw k completions per prompt from the *current* policy (HF ``generate``, or vLLM synced every N steps);
 3. score them under the policy (with grad) and the reference (no grad): summed completion log-probs, (B, k);
-4. add ``lambda * surrogate`` whose gradient is the RLOO score-function estimator of grad KL(pi_theta || pi_ref).
+4. add ``kl_coef * surrogate`` (``kl_coef`` is the paper's lambda) whose gradient is the RLOO score-function estimator of grad KL(pi_theta || pi_ref).
 
 Logged (next to TRL's DPO metrics): ``kl/online`` (the reverse-KL estimate on the samples), ``hypo/kl_term``,
 ``hypo/online_tokens`` and ``hypo/gen_time_share`` (the share of step time spent generating).
@@ -34,12 +34,12 @@ def completion_logps(model, prompts: list[list[int]], completions: list[list[lis
 
 
 class HyPOTrainer(DPOTrainer):
-    def __init__(self, *args, hypo_lambda: float, sampler, **kwargs):
+    def __init__(self, *args, kl_coef: float, sampler, **kwargs):
         super().__init__(*args, **kwargs)
-        if hypo_lambda > 0 and self.precompute_ref_logps and self.ref_model is None and not self._is_peft():
+        if kl_coef > 0 and self.precompute_ref_logps and self.ref_model is None and not self._is_peft():
             raise ValueError("HyPO needs reference log-probs on fresh online samples: give a ref_model, use LoRA "
                              "(the adapter-disabled base is the reference), or turn off precompute_ref_log_probs")
-        self.hypo_lambda = hypo_lambda
+        self.kl_coef = kl_coef  # the paper's lambda (recipe: hypo.kl_coef)
         self.sampler = sampler
         self._gen_seconds = 0.0
 
@@ -69,7 +69,7 @@ class HyPOTrainer(DPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        if self.hypo_lambda == 0 or not model.training:
+        if self.kl_coef == 0 or not model.training:
             return loss
         dpo_loss, outputs = loss if return_outputs else (loss, None)
         prompts = self.batch_prompts(inputs)
@@ -84,10 +84,10 @@ class HyPOTrainer(DPOTrainer):
             ref_model = self.ref_model if self.ref_model is not None else model
             ref_logps = completion_logps(ref_model, prompts, samples, pad)  # (B, k)
         surrogate, kl = reverse_kl_term(policy_logps, ref_logps)
-        total = dpo_loss + self.hypo_lambda * surrogate
+        total = dpo_loss + self.kl_coef * surrogate
         metrics = self._metrics["train"]
         metrics["kl/online"].append(self.accelerator.gather_for_metrics(kl.detach()).mean().item())
-        metrics["hypo/kl_term"].append((self.hypo_lambda * kl).item())
+        metrics["hypo/kl_term"].append((self.kl_coef * kl).item())
         metrics["hypo/online_tokens"].append(float(sum(len(y) for ys in samples for y in ys)))
         return (total, outputs) if return_outputs else total
 
@@ -95,6 +95,6 @@ class HyPOTrainer(DPOTrainer):
         t0 = time.perf_counter()
         self._gen_seconds = 0.0
         out = super().training_step(*args, **kwargs)
-        if self.hypo_lambda > 0:
+        if self.kl_coef > 0:
             self._metrics["train"]["hypo/gen_time_share"].append(self._gen_seconds / (time.perf_counter() - t0))
         return out

@@ -14,13 +14,12 @@ can write one) are dropped and counted; a row left with no document is dropped a
 
 Collation (:class:`ListwiseDataCollator`): lists of different lengths in one batch are flattened -- only real
 documents are tokenised and encoded -- and the grades go to the loss as a (B, K) tensor padded with NaN, from which
-:func:`workbench.losses.listwise_base.in_batch_layout` rebuilds the padded, masked layout.
+:func:`workbench.losses.listwise.base.in_batch_layout` rebuilds the padded, masked layout.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import sys
 from dataclasses import dataclass, field
@@ -29,7 +28,9 @@ from typing import Any, Callable
 
 from workbench.errors import DataError
 
-ROLES = ("query", "docs", "grades")
+from workbench.store.list_rows import ListRow, check_row, columns_for, read_records
+
+ROLES = ("query", "docs", "grades")  # the list-wise row's roles training reads (workbench.store.list_rows)
 
 
 @dataclass
@@ -58,108 +59,24 @@ class ListwiseDataConfig:
             raise ValueError("max_docs must be >= 1 (or null for no cap)")
 
 
-@dataclass
-class ListRow:
-    query: str
-    docs: list[str]
-    grades: list[float]
-    where: str = ""  # file and row, for messages
-
-
-# ----------------------------------------------------------------------------------------------- reading
-
-
-def _job_folder(path: Path) -> Path:
-    """A run folder holding one job output (documents/ or lists/) stands for that output."""
-    if any(path.glob("shard-*.parquet")) or (path / "manifest.json").exists():
-        return path
-    subs = [path / n for n in ("documents", "lists") if (path / n).is_dir()]
-    if len(subs) > 1:
-        raise DataError(f"{path}: holds both documents/ and lists/; set data.path to the one to train on")
-    return subs[0] if subs else path
-
-
-def _read_records(path: Path) -> list[tuple[str, dict]]:
-    """(location, record) for every row of the source, in order."""
-    import pyarrow.parquet as pq
-
-    def parquet(files: list[Path]) -> list[tuple[str, dict]]:
-        out = []
-        for f in files:
-            out += [(f"{f} row {i}", r) for i, r in enumerate(pq.read_table(f).to_pylist())]
-        return out
-
-    if not path.exists():
-        raise DataError(f"{path}: list-wise data not found (data.path)")
-    if path.is_file():
-        if path.suffix == ".parquet":
-            return parquet([path])
-        if path.suffix in (".jsonl", ".json"):
-            from workbench.data.jsonl import read_jsonl
-
-            return [(f"{path}:{lineno}", rec) for lineno, rec in read_jsonl(path, "a JSON object with the list-wise "
-                                                                                      "fields")]
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .parquet or .jsonl")
-    folder = _job_folder(path)
-    shards = sorted(folder.glob("shard-*.parquet"))
-    if shards:
-        from workbench.generation.shards import require_complete
-
-        require_complete(folder, "list-wise data")
-        return parquet(shards)
-    if (folder / "dataset_info.json").exists() and (folder / "state.json").exists():
-        import datasets
-
-        ds = datasets.load_from_disk(str(folder))
-        if isinstance(ds, datasets.DatasetDict):
-            raise DataError(f"{folder}: a DatasetDict ({list(ds)}); point data.path at one split's folder")
-        return [(f"{folder} row {i}", r) for i, r in enumerate(ds)]
-    files = sorted(folder.glob("*.parquet"))
-    if files:
-        return parquet(files)
-    raise DataError(f"{folder}: no shard-*.parquet, *.parquet or saved dataset inside; point data.path at the "
-                    "documents/lists job output, a .parquet/.jsonl file, or a datasets.save_to_disk folder")
-
-
-def _check_row(where: str, rec: dict, cols: dict[str, str], cfg: ListwiseDataConfig, counts: dict) -> ListRow | None:
-    q, docs, grades = rec[cols["query"]], rec[cols["docs"]], rec[cols["grades"]]
-    if not isinstance(q, str) or not q.strip():
-        raise DataError(f"{where}: field {cols['query']!r} (role 'query') is empty or not a string")
-    if not isinstance(docs, (list, tuple)) or not all(isinstance(d, str) for d in docs):
-        raise DataError(f"{where}: field {cols['docs']!r} (role 'docs') must be a list of strings")
-    if not isinstance(grades, (list, tuple)) or len(grades) != len(docs):
-        n = len(grades) if isinstance(grades, (list, tuple)) else "not a list"
-        raise DataError(f"{where}: field {cols['grades']!r} (role 'grades') must be a list with one grade per "
-                        f"document: {len(docs)} documents, grades: {n}")
-    for j, g in enumerate(grades):
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or math.isnan(g):
-            raise DataError(f"{where}: field {cols['grades']!r}[{j}] is {g!r}, not a number")
-        if not cfg.grade_min <= g <= cfg.grade_max:
-            raise DataError(f"{where}: field {cols['grades']!r}[{j}] = {g} is outside the grade scale "
-                            f"[{cfg.grade_min:g}, {cfg.grade_max:g}]; fix the data or set data.grade_min/grade_max")
-    keep = [j for j, d in enumerate(docs) if d.strip()]
-    counts["empty_docs"] += len(docs) - len(keep)
-    if not keep:
-        counts["rows_without_docs"] += 1
-        return None
-    return ListRow(q.strip(), [docs[j] for j in keep], [float(grades[j]) for j in keep], where)
-
-
 def load_lists(cfg: ListwiseDataConfig, seed: int = 0, quiet: bool = False) -> list[ListRow]:
     """Read, validate and (optionally) cap the list-wise rows of ``cfg.path``."""
     path = Path(cfg.path)
-    records = _read_records(path)
+    records = read_records(path)
     if not records:
         raise DataError(f"{path}: no rows")
-    cols = {r: cfg.column_map.get(r, r) for r in ROLES}
-    available = sorted({k for _, rec in records for k in rec})
-    for role, col in cols.items():
-        if col not in available:
-            raise DataError(f"{path}: column {col!r} for role {role!r} not found. Available columns: {available}. "
-                            f"Set data.column_map.{role} in the recipe.")
+    cols = columns_for(records, cfg.column_map, ROLES, path, "data.column_map")
     end = None if cfg.size is None else cfg.offset + cfg.size
     counts = {"empty_docs": 0, "rows_without_docs": 0}
-    rows = [r for where, rec in records[cfg.offset:end] if (r := _check_row(where, rec, cols, cfg, counts))]
+    rows = []
+    for where, rec in records[cfg.offset:end]:
+        row = check_row(where, rec, cols, (cfg.grade_min, cfg.grade_max))
+        keep = [j for j, d in enumerate(row.docs) if d.strip()]  # a generator can write an empty document
+        counts["empty_docs"] += len(row.docs) - len(keep)
+        if not keep:
+            counts["rows_without_docs"] += 1
+            continue
+        rows.append(ListRow(row.query, [row.docs[j] for j in keep], [row.grades[j] for j in keep], where))
     if counts["empty_docs"] or counts["rows_without_docs"]:
         if not quiet:
             print(f"[listwise data] {path}: dropped {counts['empty_docs']} empty documents and "

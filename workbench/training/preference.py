@@ -21,8 +21,8 @@ from workbench.config import register_job
 from workbench.errors import DataError
 from workbench.generation.backends import BackendConfig
 from workbench.generation.prompts import PromptSourceConfig
-from workbench.sections import RunConfig
-from workbench.training.sections import LoraConfig, OptimConfig
+from workbench.store.runs import RunConfig
+from workbench.training.settings import LoraConfig, OptimConfig
 from workbench.verifiers.job import VerifierConfig
 
 PREF_ROLES = ("prompt", "chosen", "rejected")
@@ -62,9 +62,13 @@ class DPOSection:
 
 @dataclass
 class HyPOSection:
-    """Song et al. 2024: lambda * KL(pi_theta || pi_ref) on k online samples per prompt (see losses/hypo.py)."""
+    """Song et al. 2024: kl_coef * KL(pi_theta || pi_ref) on k online samples per prompt (see losses/hypo.py).
 
-    lam: float = 0.05  # lambda
+    ``kl_coef`` is the paper's lambda; it was ``lam`` before 0.2 (the old key still works, with a warning)."""
+
+    RENAMED = {"lam": "kl_coef"}
+
+    kl_coef: float = 0.05  # the paper's lambda: the weight of the online reverse-KL term
     k: int = 2  # samples per prompt (>= 2 for the leave-one-out baseline)
     sampler: Literal["auto", "hf", "vllm"] = "auto"
     sync_every: int = 1  # vLLM: push weights every N optimizer steps
@@ -73,8 +77,8 @@ class HyPOSection:
     vllm: BackendConfig = field(default_factory=lambda: BackendConfig(backend="vllm", cpu_kv_cache_gib=1))
 
     def validate(self):
-        if self.lam < 0:
-            raise ValueError("lam must be >= 0")
+        if self.kl_coef < 0:
+            raise ValueError("kl_coef must be >= 0")
         if self.k < 1:
             raise ValueError("k must be >= 1")
 
@@ -268,7 +272,7 @@ def build_trainer(cfg: PolicyTrainConfig, run_dir: Path):
             return DPOTrainer(**common)
         from workbench.training.hypo_trainer import HyPOTrainer
 
-        return HyPOTrainer(**common, hypo_lambda=cfg.hypo.lam, sampler=make_sampler(cfg, path, tok))
+        return HyPOTrainer(**common, kl_coef=cfg.hypo.kl_coef, sampler=make_sampler(cfg, path, tok))
     if cfg.method == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
@@ -368,7 +372,7 @@ def run(cfg: PolicyTrainConfig, overwrite: bool = False) -> dict:
     from accelerate import PartialState
 
     from workbench.config import to_dict
-    from workbench.runs import open_run
+    from workbench.store.runs import open_run
     from workbench.training.callbacks import MetricsJsonlCallback
 
     state = PartialState()

@@ -9,8 +9,13 @@
 * ``rollout_aware`` -- VerIPO's rollout-aware verifier: accuracy, judged consistency, n-gram repetition
   and length combined (:mod:`workbench.verifiers.rollout_aware`).
 
-``get_verifier("math")`` builds one by name, as recipes do.
+``get_verifier("math")`` builds one by name, as recipes do. Every module of this package except the ``verify``
+stage (:mod:`.job`) and the registry itself (:mod:`.verdict`) is a verifier and is imported here, so adding a
+verifier is one new file with an ``@register_verifier`` class.
 """
+
+import importlib as _importlib
+import pkgutil as _pkgutil
 
 from workbench.verifiers.verdict import (
     VERIFIERS,
@@ -21,10 +26,9 @@ from workbench.verifiers.verdict import (
     register_verifier,
 )
 
-# Imported for their @register_verifier side effect.
-from workbench.verifiers import math as _math  # noqa: E402,F401
-from workbench.verifiers import reasoning_gym as _reasoning_gym  # noqa: E402,F401
-from workbench.verifiers import judge as _judge  # noqa: E402,F401
-from workbench.verifiers import rollout_aware as _rollout_aware  # noqa: E402,F401
+_NOT_VERIFIERS = {"job", "verdict"}
+for _m in _pkgutil.iter_modules(__path__):
+    if _m.name not in _NOT_VERIFIERS:
+        _importlib.import_module(f"{__name__}.{_m.name}")  # each registers its verifier
 
 __all__ = ["Verdict", "Verifier", "VERIFIERS", "register_verifier", "get_verifier", "UnknownVerifierError"]

@@ -18,9 +18,9 @@ from typing import Any
 
 from workbench.config import register_job
 from workbench.errors import DataError
-from workbench.generation import shards
+from workbench.store import shards
 from workbench.generation.rollouts import ROLLOUT_COLUMNS
-from workbench.sections import RunConfig
+from workbench.store.runs import RunConfig
 
 VERDICT_COLUMNS = ["score", "passed", "verifier", "details"]
 
@@ -31,7 +31,7 @@ class VerifierConfig:
     options: dict[str, Any] = field(default_factory=dict)  # passed to the verifier's constructor
 
     def validate(self):
-        """Check the options at recipe time (`workbench check`) for verifiers with a typed config."""
+        """Check the name and, through the verifier's own options class, its options (`workbench check`)."""
         from workbench.verifiers import VERIFIERS
 
         if self.name not in VERIFIERS:
@@ -40,14 +40,7 @@ class VerifierConfig:
             close = difflib.get_close_matches(self.name, list(VERIFIERS), n=1)
             raise ValueError(f"unknown verifier {self.name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                              + f" Known: {', '.join(sorted(VERIFIERS))}")
-        if self.name == "judge":
-            from workbench.verifiers.judge import JudgeConfig
-
-            JudgeConfig.from_options(dict(self.options))
-        elif self.name == "rollout_aware":
-            from workbench.verifiers.rollout_aware import RolloutAwareConfig
-
-            RolloutAwareConfig.from_options(dict(self.options))
+        VERIFIERS[self.name].check_options(self.options, source="options")
 
     def build(self):
         from workbench.verifiers import get_verifier
@@ -104,19 +97,17 @@ def score_rows(verifier, rows: list[dict]) -> tuple[list[dict], dict]:
 def run(cfg: VerifyConfig, overwrite: bool = False) -> dict:
     import pyarrow.parquet as pq
 
-    from workbench.config import to_dict
-    from workbench.runs import open_run
+    from workbench.store.stage import start_stage
 
     src = shards.stage_folder(cfg.input_dir, "rollouts")
     src_manifest = shards.require_complete(src, "rollouts")
     inputs = [src / s["file"] for s in src_manifest["shards"]]
     for p in inputs:  # the input is checked before the run folder exists (see rollouts.run)
         _check_columns(p, pq.ParquetFile(p).schema_arrow.names)
-    run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite)
-    out = run_.path / "verdicts"
-    if shards.read_manifest(out):
-        print(f"[verify] {out} is complete; nothing to do", file=sys.stderr)
-        return shards.read_manifest(out)
+    stage = start_stage(cfg, "verdicts", overwrite=overwrite)
+    if stage.finished:
+        return stage.manifest
+    run_, out = stage.run, stage.out
     verifier = cfg.verifier.build()
 
     def process(chunk: list[Path], unit: int):

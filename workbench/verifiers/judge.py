@@ -37,7 +37,7 @@ judge sees are ours.
 Batching: every ``*_batch`` method sends all its judge prompts in ONE ``backend.generate`` call (what vLLM
 needs to batch). Judges decode greedily by default (``temperature: 0``).
 
-The backend is any object with ``generate(prompts, SamplingConfig) -> list[list[Sample]]``: pass one
+The backend is any object with ``generate(prompts, SamplingConfig) -> list[list[Completion]]``: pass one
 (``JudgeVerifier(backend=...)``), or name a model and a :class:`BackendConfig` and it is started on first use
 with :func:`~workbench.generation.backends.make_backend`. Prompt length is not checked here: a judged text
 longer than the judge's context is the backend's error.
@@ -224,6 +224,8 @@ class JudgeConfig:
 
 @register_verifier("judge")
 class JudgeVerifier(Verifier):
+    options = JudgeConfig
+
     """An LLM judge. ``JudgeVerifier(backend=None, config=None, **options)``.
 
     ``options`` are :class:`JudgeConfig` fields, or ``config`` is a whole :class:`JudgeConfig`. ``backend`` is

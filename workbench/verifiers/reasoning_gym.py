@@ -33,53 +33,18 @@ text; hence ``pass_threshold`` (default 1.0) separates "passed" from "partial cr
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 import re
 from typing import Any
 
-from workbench.errors import DataError, WorkbenchError
+from workbench.errors import WorkbenchError
+from workbench.generation.prompts import entry_to_reference, reference_to_entry  # the format the prompt source writes
 from workbench.verifiers.math import answer_phrase, hash_answer, last_boxed
 from workbench.verifiers.verdict import Verdict, Verifier, register_verifier
 
 __all__ = ["ReasoningGymVerifier", "entry_to_reference", "reference_to_entry", "extract_answer", "make_rows"]
 
 _ANSWER_TAG = re.compile(r"<answer>\s?(.*?)\s?</answer>", re.DOTALL)
-
-
-def _json_default(obj: Any):
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=repr)
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return obj.item()
-    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
-
-
-def entry_to_reference(entry: dict) -> str:
-    """A reasoning-gym entry as the JSON string a row stores as its ``reference``."""
-    try:
-        return json.dumps(dict(entry), sort_keys=True, ensure_ascii=False, default=_json_default)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"reasoning_gym entry cannot be stored as a JSON reference: {e}") from e
-
-
-def reference_to_entry(reference: str) -> dict:
-    """Inverse of :func:`entry_to_reference`; a clear :class:`DataError` when the reference is not one."""
-    try:
-        entry = json.loads(reference)
-    except (TypeError, ValueError) as e:
-        shown = reference if not isinstance(reference, str) or len(reference) <= 80 else reference[:77] + "..."
-        raise DataError(
-            f"reasoning_gym verifier: reference {shown!r} is not JSON; build references with "
-            f"workbench.verifiers.reasoning_gym.entry_to_reference(entry)"
-        ) from e
-    if not isinstance(entry, dict) or "answer" not in entry:
-        raise DataError(
-            "reasoning_gym verifier: reference must be a JSON object with an 'answer' key "
-            "(a reasoning_gym entry, as written by entry_to_reference)"
-        )
-    return entry
 
 
 def extract_answer(completion: str) -> tuple[str | None, str | None]:
@@ -117,9 +82,24 @@ def make_rows(task: str, *, size: int, seed: int, task_config: dict | None = Non
     ]
 
 
+@dataclass
+class ReasoningGymOptions:
+    task: str = ""  # the reasoning-gym task name, e.g. products
+    task_config: dict[str, Any] = field(default_factory=dict)  # the task's dataset kwargs
+    pass_threshold: float = 1.0
+
+    def validate(self):
+        if not self.task:
+            raise ValueError("reasoning_gym verifier needs `task` (e.g. products)")
+        if not 0.0 < self.pass_threshold <= 1.0:
+            raise ValueError(f"pass_threshold must be in (0, 1], got {self.pass_threshold}")
+
+
 @register_verifier("reasoning_gym")
 class ReasoningGymVerifier(Verifier):
     """Score with the reasoning-gym task's own scorer; ``passed`` = score >= ``pass_threshold``."""
+
+    options = ReasoningGymOptions
 
     def __init__(self, task: str, task_config: dict | None = None, pass_threshold: float = 1.0):
         if not 0.0 < pass_threshold <= 1.0:

@@ -107,6 +107,8 @@ class RolloutAwareConfig:
 
 @register_verifier("rollout_aware")
 class RolloutAwareVerifier(Verifier):
+    options = RolloutAwareConfig
+
     """``RolloutAwareVerifier(judge_verifier=None, judge_backend=None, config=None, **options)``.
 
     ``options`` are :class:`RolloutAwareConfig` fields (``judge`` a mapping of :class:`JudgeConfig` fields),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from workbench.errors import WorkbenchError
 
@@ -57,6 +57,20 @@ class Verifier(ABC):
     """
 
     name: str = ""
+    # The dataclass of this verifier's recipe options (``verifier.options`` in a recipe, or get_verifier keywords);
+    # None for a verifier that takes none. Checked strictly at recipe time by :meth:`check_options`.
+    options: ClassVar[type | None] = None
+
+    @classmethod
+    def check_options(cls, options: dict, source: str = "verifier.options"):
+        """Build the options dataclass strictly (unknown keys and bad types fail, with a did-you-mean)."""
+        from workbench.config import RecipeError, build
+
+        if cls.options is None:
+            if options:
+                raise RecipeError(f"{source}: verifier {cls.name!r} takes no options, got {sorted(options)}")
+            return None
+        return build(cls.options, dict(options), source=source)
 
     @abstractmethod
     def verify(self, prompt: str, completion: str, reference: str) -> Verdict:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from workbench.errors import WorkbenchError
-from workbench.runs import atomic_write
+from workbench.store.files import atomic_write
 
 MANIFEST = "manifest.json"
 

@@ -24,7 +24,7 @@ and the documents flattened (only real ones are encoded).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, ClassVar, Iterable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -93,21 +93,37 @@ class ListwiseLoss(nn.Module):
     :class:`workbench.training.listwise_data.ListwiseDataCollator`.
 
     ``forward(sentence_features, labels)``: ``sentence_features = [query_features, docs_features]`` (the documents
-    of all queries flattened, only real ones), ``labels`` the (B, K) grades with NaN padding. Subclasses implement
-    :meth:`compute` on the laid-out ``(scores, grades, mask)``.
+    of all queries flattened, only real ones), ``labels`` the (B, K) grades with NaN padding. A subclass names its
+    pure function, ``loss_fn(scores, grades, mask, temperature, **options)``, which gets the laid-out
+    ``(scores, grades, mask)``; ``options`` are the loss's own keyword arguments (``loss.options`` in a recipe).
     """
 
+    loss_fn: ClassVar[Callable[..., Tensor]]
+
     def __init__(self, model, temperature: float = 0.05, similarity: Literal["cos", "dot"] = "cos",
-                 in_batch_negatives: bool = True) -> None:
+                 in_batch_negatives: bool = True, **options: Any) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if similarity not in ("cos", "dot"):
             raise ValueError(f"similarity must be 'cos' or 'dot', got {similarity!r}")
+        bad = set(options) - set(self.option_names())
+        if bad:
+            raise ValueError(f"{type(self).__name__} has no option(s) {sorted(bad)}; its options: "
+                             f"{list(self.option_names()) or 'none'}")
         self.model = model
         self.temperature = float(temperature)
         self.similarity = similarity
         self.in_batch_negatives = in_batch_negatives
+        self.options = options
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The loss function's own keyword arguments, after (scores, grades, mask, temperature)."""
+        import inspect
+
+        params = list(inspect.signature(cls.loss_fn).parameters)
+        return tuple(params[4:])
 
     def similarity_fct(self, a: Tensor, b: Tensor) -> Tensor:
         from sentence_transformers.util import cos_sim, dot_score
@@ -128,8 +144,8 @@ class ListwiseLoss(nn.Module):
         return self.compute(scores, grades, mask)
 
     def compute(self, scores: Tensor, grades: Tensor, mask: Tensor) -> Tensor:
-        raise NotImplementedError
+        return type(self).loss_fn(scores, grades, mask, self.temperature, **self.options)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "similarity": self.similarity,
-                "in_batch_negatives": self.in_batch_negatives}
+                "in_batch_negatives": self.in_batch_negatives, **self.options}

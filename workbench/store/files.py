@@ -1,12 +1,14 @@
-"""Reading the user's text files with errors that name the file and line: the one reader every stage uses.
+"""Files: atomic writes, and reading the user's text files with errors that name the file and line.
 
-:func:`read_lines` decodes line by line, so a file that is not UTF-8 fails naming the line and byte, not with a
+:func:`atomic_write` writes through a temp file and a rename, so a reader (or a killed writer) never sees half a
+file. :func:`read_lines` decodes line by line, so a file that is not UTF-8 fails naming the line and byte, not with a
 ``UnicodeDecodeError`` traceback from deep inside a library; :func:`read_jsonl` builds on it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -48,3 +50,15 @@ def read_jsonl(path: str | Path, what: str = "a JSON object") -> list[tuple[int,
             raise DataError(f"{path}:{lineno}: expected {what}, got {type(obj).__name__}")
         rows.append((lineno, obj))
     return rows
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a reader (or a killed writer) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -11,14 +11,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.data.jsonl import read_lines
+from workbench.store.files import read_lines
 from workbench.errors import DataError
 
 
 def _jsonl(path: Path, required: tuple[str, ...]) -> dict[str, dict]:
     if not path.is_file():
         raise DataError(f"{path}: file not found (a BEIR folder holds corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
-    from workbench.data.jsonl import read_jsonl
+    from workbench.store.files import read_jsonl
 
     out: dict[str, dict] = {}
     for lineno, obj in read_jsonl(path):
@@ -116,7 +116,7 @@ def load_split(folder: str | Path, split: str) -> BeirSplit:
     """The split restricted to what the corpus and queries.jsonl hold: the view the documents job and mining need
     (they can only use documents that have text). The retrieval eval does NOT use it: metrics must see the qrels as
     given (a relevant document missing from the corpus still counts in recall and the ideal DCG), so
-    :mod:`eval.retrieval_data` reads :func:`load_qrels` itself."""
+    :mod:`workbench_eval.retrieval_data` reads :func:`load_qrels` itself."""
     corpus, queries, qrels = load_corpus(folder), load_queries(folder), load_qrels(folder, split)
     missing_q = [q for q in qrels if q not in queries]
     missing_d = sum(1 for q, docs in qrels.items() for d in docs if d not in corpus)

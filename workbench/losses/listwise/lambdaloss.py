@@ -17,7 +17,7 @@ The weights are constants (ranks are discrete); the gradient flows through the s
 a query's pairs, averaged over the queries that have at least one pair with different grades (a list whose grades
 are all equal carries no ranking signal and is left out; if no query has one the loss is 0).
 
-With in-batch negatives (the default layout, :mod:`workbench.losses.listwise_base`) each query's list is every
+With in-batch negatives (the default layout, :mod:`workbench.losses.listwise.base`) each query's list is every
 document of the batch, other queries' documents at grade 0: they enter pairs as irrelevant documents, and they move
 the ranks r.
 
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.losses.listwise_base import ListwiseLoss, check_inputs, gains
+from workbench.losses.listwise.base import ListwiseLoss, check_inputs, gains
 
 
 def _lambda_weights(scores: Tensor, grades: Tensor, mask: Tensor, mu: float) -> tuple[Tensor, Tensor]:
@@ -90,16 +90,10 @@ def lambda_loss(scores: Tensor, grades: Tensor, mask: Tensor | None = None, temp
 class LambdaLoss(ListwiseLoss):
     """sentence-transformers module for :func:`lambda_loss` (NDCG-Loss2++). See the module docstring."""
 
-    def __init__(self, model, temperature: float = 0.05, similarity: str = "cos", in_batch_negatives: bool = True,
-                 mu: float = 10.0, sigma: float = 1.0) -> None:
-        super().__init__(model, temperature, similarity, in_batch_negatives)
-        self.mu, self.sigma = float(mu), float(sigma)
-
-    def compute(self, scores: Tensor, grades: Tensor, mask: Tensor) -> Tensor:
-        return lambda_loss(scores, grades, mask, self.temperature, self.mu, self.sigma)
+    loss_fn = staticmethod(lambda_loss)  # options: mu (NDCG-Loss2 weight), sigma (sigmoid slope)
 
     def get_config_dict(self):
-        return {**super().get_config_dict(), "mu": self.mu, "sigma": self.sigma, "weighting": "NDCG-Loss2++"}
+        return {**super().get_config_dict(), "weighting": "NDCG-Loss2++"}
 
     @property
     def citation(self) -> str:
@@ -110,3 +104,6 @@ class LambdaLoss(ListwiseLoss):
   pages={1313--1322},
   year={2018}
 }"""
+
+
+LOSS = LambdaLoss

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workbench.losses.listwise_base import ListwiseLoss, check_inputs, gains
+from workbench.losses.listwise.base import ListwiseLoss, check_inputs, gains
 
 
 def graded_infonce_loss(scores: Tensor, grades: Tensor, mask: Tensor | None = None,
@@ -62,8 +62,7 @@ def graded_infonce_loss(scores: Tensor, grades: Tensor, mask: Tensor | None = No
 class GradedInfoNCELoss(ListwiseLoss):
     """sentence-transformers module for :func:`graded_infonce_loss`. See the module docstring."""
 
-    def compute(self, scores: Tensor, grades: Tensor, mask: Tensor) -> Tensor:
-        return graded_infonce_loss(scores, grades, mask, self.temperature)
+    loss_fn = staticmethod(graded_infonce_loss)
 
     @property
     def citation(self) -> str:
@@ -73,3 +72,6 @@ class GradedInfoNCELoss(ListwiseLoss):
   journal={arXiv preprint arXiv:1807.03748},
   year={2018}
 }"""
+
+
+LOSS = GradedInfoNCELoss

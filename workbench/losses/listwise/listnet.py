@@ -7,7 +7,7 @@ Eq. (3)-(6), with the top-one probability and phi = exp, so the top-one distribu
     Y_i = softmax(g_i)                         target distribution from the grades (raw grades as logits)
     L   = (1/B) sum_i  - sum_j Y_ij log P_ij   cross-entropy per query, averaged over the B queries
 
-With in-batch negatives (the default layout, :mod:`workbench.losses.listwise_base`) the list of query i is every
+With in-batch negatives (the default layout, :mod:`workbench.losses.listwise.base`) the list of query i is every
 document of the batch, other queries' documents at grade 0 -- the same lists and targets as ``ws2``, so the two
 differ only in the distance between P and Y.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workbench.losses.listwise_base import ListwiseLoss, check_inputs, masked_log_softmax
+from workbench.losses.listwise.base import ListwiseLoss, check_inputs, masked_log_softmax
 
 
 def listnet_loss(scores: Tensor, grades: Tensor, mask: Tensor | None = None, temperature: float = 1.0) -> Tensor:
@@ -43,8 +43,7 @@ def listnet_loss(scores: Tensor, grades: Tensor, mask: Tensor | None = None, tem
 class ListNetLoss(ListwiseLoss):
     """sentence-transformers module for :func:`listnet_loss`. See the module docstring."""
 
-    def compute(self, scores: Tensor, grades: Tensor, mask: Tensor) -> Tensor:
-        return listnet_loss(scores, grades, mask, self.temperature)
+    loss_fn = staticmethod(listnet_loss)
 
     @property
     def citation(self) -> str:
@@ -55,3 +54,6 @@ class ListNetLoss(ListwiseLoss):
   pages={129--136},
   year={2007}
 }"""
+
+
+LOSS = ListNetLoss

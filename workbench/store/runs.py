@@ -21,30 +21,33 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
+from workbench.store.files import atomic_write
 
 import yaml
 
-__all__ = ["RunError", "Run", "open_run", "env_info", "atomic_write"]
+__all__ = ["RunConfig", "RunError", "Run", "open_run", "env_info"]
+
+
+@dataclass
+class RunConfig:
+    """Top-level keys of every recipe that produces a run folder (each stage's config subclasses it)."""
+
+    job: str
+    run_name: str
+    output_dir: str | None = None  # default: runs/<run_name>
+    seed: int = 0
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.run_name)
 
 
 class RunError(WorkbenchError, RuntimeError):
     """The run folder cannot be used as asked; the message says why and what to do."""
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a reader (or a killed writer) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _git_commit() -> str | None:

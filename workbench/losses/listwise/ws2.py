@@ -18,7 +18,7 @@ The loss, for one batch::
         W2^2 = ||mu_P - mu_Y||^2 + Tr(Sigma_P + Sigma_Y - 2 (Sigma_P Sigma_Y)^{1/2})
 
 In the authors' setting S is (B, B*K): each query against every document of the batch, with L block-diagonal (other
-queries' documents at grade 0) -- see :mod:`workbench.losses.listwise_base`. It is one number per batch (no per-query
+queries' documents at grade 0) -- see :mod:`workbench.losses.listwise.base`. It is one number per batch (no per-query
 average): the Gaussians are fitted across the batch's queries.
 
 **The trace of the matrix square root.** With C_P the (B, N) centred rows scaled by sqrt(c) (so Sigma_P = C_P^T C_P)
@@ -90,7 +90,7 @@ import math
 import torch
 from torch import Tensor
 
-from workbench.losses.listwise_base import ListwiseLoss, check_inputs
+from workbench.losses.listwise.base import ListwiseLoss, check_inputs
 
 SQRT_EPS = 1e-15  # the authors' constant: the square root's gradient is taken at lambda + eps = sigma^2 + eps
 
@@ -142,8 +142,7 @@ def ws2_loss(scores: Tensor, grades: Tensor, mask: Tensor | None = None, tempera
 class WS2Loss(ListwiseLoss):
     """sentence-transformers module for :func:`ws2_loss` (SyCL). See the module docstring."""
 
-    def compute(self, scores: Tensor, grades: Tensor, mask: Tensor) -> Tensor:
-        return ws2_loss(scores, grades, mask, self.temperature)
+    loss_fn = staticmethod(ws2_loss)
 
     @property
     def citation(self) -> str:
@@ -154,3 +153,6 @@ class WS2Loss(ListwiseLoss):
   journal={arXiv preprint arXiv:2503.23239},
   year={2025}
 }"""
+
+
+LOSS = WS2Loss  # what `loss.name: ws2` builds (workbench.losses.listwise registry)
