@@ -90,11 +90,11 @@ def _answer_key(details: dict) -> str | None:
 
 def _sampled_from_pi(sampling: SamplingConfig, backend: BackendConfig, dtype: str) -> bool:
     """Were these samples drawn from pi itself, in the dtype that is scored? (Then the KL pass can reuse them.)"""
-    from workbench.generation.backends import _on_cpu, vllm_available
+    from workbench.generation.backends import _on_cpu, resolve_auto
 
     if sampling.temperature != 1.0 or sampling.top_p != 1.0:
         return False
-    kind = backend.backend if backend.backend != "auto" else ("vllm" if vllm_available() else "hf")
+    kind = backend.backend if backend.backend != "auto" else resolve_auto()
     # hf on CPU with dtype auto loads float32; vLLM with dtype auto downcasts a float32 model to bf16/fp16.
     resolved = "float32" if (kind == "hf" and backend.dtype == "auto" and _on_cpu()) else backend.dtype
     return resolved in (dtype, "float" if dtype == "float32" else dtype)

@@ -25,7 +25,24 @@ def vllm_installed() -> bool:
     return vllm_available()
 
 
-needs_vllm = pytest.mark.skipif(not vllm_installed(), reason="vllm is not installed (make test installs it)")
+# A test that exercises vLLM carries the `vllm` marker. While it runs, `backend: auto` means vLLM and nothing else
+# (WORKBENCH_AUTO_BACKEND=vllm, inherited by the CLI subprocesses it starts), so a broken or missing vLLM fails it
+# instead of silently falling back to HF. Every other test runs `auto` on HF: fast, and independent of vLLM.
+needs_vllm = pytest.mark.vllm
+
+
+def pytest_collection_modifyitems(config, items):
+    if vllm_installed():
+        return
+    skip = pytest.mark.skip(reason="vllm is not installed (make test installs it)")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _auto_backend(request, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_AUTO_BACKEND", "vllm" if request.node.get_closest_marker("vllm") else "hf")
 
 
 @pytest.fixture(scope="session")

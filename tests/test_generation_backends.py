@@ -91,6 +91,12 @@ def test_vllm_missing_gives_clear_error(monkeypatch):
     from workbench.errors import WorkbenchError
 
     monkeypatch.setattr(b, "vllm_available", lambda: False)
+    monkeypatch.setattr(b.base, "vllm_available", lambda: False)
+    monkeypatch.delenv("WORKBENCH_AUTO_BACKEND")  # the default meaning of auto, not the tests' pin
     with pytest.raises(WorkbenchError, match="vllm is not installed"):
         make_backend("tiny-llama", BackendConfig(backend="vllm"))
     assert isinstance(make_backend("tiny-llama", BackendConfig(backend="auto")), b.HFBackend)
+    # Pinned to vLLM (as inside every `vllm` test), auto never falls back to HF: a missing vLLM is an error.
+    monkeypatch.setenv("WORKBENCH_AUTO_BACKEND", "vllm")
+    with pytest.raises(WorkbenchError, match="vllm is not installed"):
+        make_backend("tiny-llama", BackendConfig(backend="auto"))

@@ -12,6 +12,7 @@ from workbench.quickstart import STEPS
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)
 @needs_vllm
 def test_reduced_quickstart_end_to_end(tmp_path):
     proc = run_cli("quickstart", "--reduced", "--out", tmp_path, timeout=1500)

@@ -173,16 +173,6 @@ def build_evaluator(eval_rows, relevant_min_grade: float, batch_size: int, query
                                          query_prompt=query_prompt, corpus_prompt=doc_prompt)
 
 
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest ``checkpoint-<step>`` that holds ``trainer_state.json`` (the trainer writes it last, so a save
-    killed midway is skipped and the previous checkpoint is used)."""
-    if not folder.is_dir():
-        return None
-    done = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-            and (p / "trainer_state.json").is_file()]
-    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
-
-
 def merge_lora(model) -> None:
     """Fold LoRA adapters into the base weights and drop them, so the saved folder is a plain model."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -255,6 +245,7 @@ def run(cfg: ListwiseTrainConfig, overwrite: bool = False, callbacks: list | Non
     from transformers import set_seed
 
     from workbench.training.callbacks import MetricsJsonlCallback
+    from workbench.training.checkpoints import CompleteCheckpointCallback, last_complete_checkpoint
     from workbench.training.listwise_data import ListwiseDataCollator
 
     set_seed(cfg.seed)
@@ -284,7 +275,8 @@ def run(cfg: ListwiseTrainConfig, overwrite: bool = False, callbacks: list | Non
         prompts=(prompts or None) if collator is None else None)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, loss=loss, evaluator=evaluator,
-        data_collator=collator, callbacks=[MetricsJsonlCallback(run_), *(callbacks or [])])
+        data_collator=collator,
+        callbacks=[MetricsJsonlCallback(run_), CompleteCheckpointCallback(), *(callbacks or [])])
 
     resume = last_complete_checkpoint(run_.path / "checkpoints")
     if resume:

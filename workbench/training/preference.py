@@ -309,11 +309,11 @@ def build_trainer(cfg: PolicyTrainConfig, run_dir: Path):
 
 
 def make_sampler(cfg: HyPOTrainConfig, model_path: str, tok):
-    from workbench.generation.backends import vllm_available
+    from workbench.generation.backends import resolve_auto
     from workbench.training.online_samples import HFSampler, VLLMSampler
 
     h = cfg.hypo
-    kind = h.sampler if h.sampler != "auto" else ("vllm" if vllm_available() else "hf")
+    kind = h.sampler if h.sampler != "auto" else resolve_auto()
     if kind == "vllm":
         if cfg.lora is not None and cfg.lora.quantization != "none":
             kind = "hf"  # vLLM cannot take merged weights from a quantised base; sample with HF instead
@@ -323,13 +323,6 @@ def make_sampler(cfg: HyPOTrainConfig, model_path: str, tok):
 
 
 # ----------------------------------------------------------------------------------------------- run
-
-
-def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    ckpts = run_dir / "checkpoints"
-    return get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
 
 
 def write_model_card(out: Path, cfg, metrics: dict) -> None:
@@ -374,6 +367,7 @@ def run(cfg: PolicyTrainConfig, overwrite: bool = False) -> dict:
     from workbench.config import to_dict
     from workbench.store.runs import open_run
     from workbench.training.callbacks import MetricsJsonlCallback
+    from workbench.training.checkpoints import CompleteCheckpointCallback, last_complete_checkpoint
 
     state = PartialState()
     check_inputs(cfg)
@@ -382,7 +376,9 @@ def run(cfg: PolicyTrainConfig, overwrite: bool = False) -> dict:
         return run_.status().get("summary", {})
     trainer = build_trainer(cfg, run_.path)
     trainer.add_callback(MetricsJsonlCallback(run_))
-    resume = last_checkpoint(run_.path)
+    trainer.add_callback(CompleteCheckpointCallback())
+    resume = last_complete_checkpoint(run_.path / "checkpoints", clean=state.is_main_process)
+    state.wait_for_everyone()  # no rank looks at the checkpoints while the main one removes incomplete ones
     if resume and state.is_main_process:
         print(f"[train] resuming from {resume}", file=sys.stderr)
     result = trainer.train(resume_from_checkpoint=resume)

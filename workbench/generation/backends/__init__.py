@@ -40,7 +40,7 @@ import pkgutil as _pkgutil
 
 from workbench.generation.backends.base import (BACKENDS, NAMES, BackendConfig, Completion, GenerationBackend,
                                                 SamplingConfig, _on_cpu, derive_seed, register_backend,
-                                                render_prompts, tokenize_prompts, vllm_available)
+                                                render_prompts, resolve_auto, tokenize_prompts, vllm_available)
 
 for _m in _pkgutil.iter_modules(__path__):
     if _m.name != "base":
@@ -54,7 +54,7 @@ assert set(BACKENDS) == set(NAMES), (BACKENDS, NAMES)  # every module registered
 
 __all__ = ["SamplingConfig", "BackendConfig", "Completion", "GenerationBackend", "make_backend", "vllm_available",
            "render_prompts", "tokenize_prompts", "derive_seed", "plain_generation_config", "register_backend",
-           "BACKENDS", "NAMES", "VLLMBackend", "HFBackend", "FakeBackend", "first_stop", "_on_cpu"]
+           "BACKENDS", "NAMES", "resolve_auto", "VLLMBackend", "HFBackend", "FakeBackend", "first_stop", "_on_cpu"]
 
 
 def make_backend(model: str, cfg: BackendConfig, seed: int = 0) -> GenerationBackend:
@@ -65,7 +65,7 @@ def make_backend(model: str, cfg: BackendConfig, seed: int = 0) -> GenerationBac
     if kind == "fake":
         return BACKENDS["fake"](model_name=model)
     if kind == "auto":
-        kind = "vllm" if vllm_available() else "hf"
+        kind = resolve_auto()
     if kind == "vllm" and not vllm_available():
         from workbench.errors import WorkbenchError
 

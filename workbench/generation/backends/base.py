@@ -4,6 +4,7 @@ and the helpers that make backends agree (prompt rendering and tokenisation, see
 from __future__ import annotations
 
 import importlib.util
+import os
 import pkgutil
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -90,6 +91,19 @@ class GenerationBackend(Protocol):
 
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_auto() -> str:
+    """What ``backend: auto`` means here: $WORKBENCH_AUTO_BACKEND when set (vllm or hf; the tests pin it, so a vLLM
+    test cannot silently run on HF), else vLLM when it is installed, else HF."""
+    forced = os.environ.get("WORKBENCH_AUTO_BACKEND", "").strip()
+    if forced:
+        if forced not in NAMES:
+            from workbench.errors import WorkbenchError
+
+            raise WorkbenchError(f"WORKBENCH_AUTO_BACKEND={forced!r} is not a backend; use one of {', '.join(NAMES)}")
+        return forced
+    return "vllm" if vllm_available() else "hf"
 
 
 def render_prompts(tokenizer, prompts: Sequence) -> list[str]:
