@@ -1,9 +1,9 @@
 """HyPO's online term against independent oracles on the enumerable toy model (tests/toy.py).
 
 1. The trainer's gradient, averaged over many sampled batches, equals the exact grad KL(pi || pi_ref), computed by
-   enumerating all 156 completions per prompt and differentiating the exact sum. The DPO part is made exactly zero
-   (each pair's chosen equals its rejected, so the DPO logit is 0 and its gradient cancels), so the whole
-   ``compute_loss`` is the online term: deleting it, dropping its stop-gradient or flipping its sign fails here.
+   enumerating all 156 completions per prompt and differentiating the exact sum. The DPO part is weighted 0
+   (``dpo.loss_weights=[0.0]``: its gradient is exactly zero), so the whole ``compute_loss`` is the online term:
+   deleting it, dropping its stop-gradient or flipping its sign fails here.
 2. Negative control: GRPO's k3 estimator on the same samples does NOT match it; it matches the forward KL's gradient
    grad KL(pi_ref || pi) instead (the derivation is in workbench/losses/hypo.py).
 3. The LoRA path's reference (the base with the adapter disabled) scores exactly what an explicit frozen copy does.
@@ -48,12 +48,12 @@ def _trainer(tmp_path, policy, ref, *overrides):
     from workbench.training.preference import build_trainer
 
     pairs = tmp_path / "pairs.jsonl"
-    # chosen == rejected: the DPO loss is log 2 with an exactly cancelling gradient, leaving HyPO's online term alone.
     pairs.write_text("".join(json.dumps({"prompt": p, "chosen": " c", "rejected": " c"}) + "\n"
                              for p in ("a b", "b b")))
     cfg = load_recipe(REPO / "recipes/tiny/hypo.yaml", [
         f"output_dir={tmp_path / 'run'}", f"model={policy}", f"data.path={pairs}", "lora=null",
-        f"dpo.ref_model={ref}", "hypo.sampler=hf", f"hypo.k={K}", "hypo.max_new_tokens=3", "hypo.kl_coef=1.0",
+        f"dpo.ref_model={ref}", "dpo.loss_weights=[0.0]", "hypo.sampler=hf", f"hypo.k={K}", "hypo.max_new_tokens=3",
+        "hypo.kl_coef=1.0",
         "hypo.temperature=1.0", "optim.per_device_train_batch_size=2", *overrides])
     return build_trainer(cfg, tmp_path / "run")
 
