@@ -100,10 +100,12 @@ def cached_encode(key: str, texts: list[str], encode: Callable[[list[str]], dict
         return got, True
     parts = folder / f"{key}.parts"
     out = _encode_parts(texts, encode, kinds, parts)
-    for name, kind in kinds.items():
-        _save(_file(folder, key, name, kind), out[name])
+    # The description first, the arrays last: the arrays are what a later run takes as a hit, so a kill in between
+    # leaves no hit without its description (only a description without arrays, rewritten by the next run).
     if meta is not None:
         _atomic_save(folder / f"{key}.json", lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
+    for name, kind in kinds.items():
+        _save(_file(folder, key, name, kind), out[name])
     shutil.rmtree(parts, ignore_errors=True)
     return out, False
 

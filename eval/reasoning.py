@@ -137,13 +137,27 @@ def _kl_to_reference(cfg: ReasoningEvalConfig, run_, prompts_file, rows: list[di
             "sampler_logprob_gap_max": max(gaps), "sampler_logprob_gap_mean": sum(gaps) / len(gaps)}
 
 
+def _write_parquet(path: Path, table) -> None:
+    """Through a temp file, fsync and rename (as every other output): a run killed mid-write leaves a temp file,
+    never a truncated samples.parquet for a reader to trip on."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def run(cfg: ReasoningEvalConfig, overwrite: bool = False) -> dict:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from workbench_eval.report import read_results, results_payload, write_report, write_results
     from workbench.config import build, to_dict
     from workbench.generation import rollouts
+    from workbench.store.files import atomic_write
     from workbench.store.shards import read_rows
     from workbench.models import model_fingerprint, resolve_model
     from workbench.store.runs import open_run
@@ -162,8 +176,8 @@ def run(cfg: ReasoningEvalConfig, overwrite: bool = False) -> dict:
     if run_.done:
         return read_results(run_.path)
     prompts_file = run_.path / "prompts.jsonl"
-    prompts_file.write_text("".join(json.dumps({"id": r.prompt_id, "prompt": r.prompt, "reference": r.reference})
-                                    + "\n" for r in records))
+    atomic_write(prompts_file, "".join(json.dumps({"id": r.prompt_id, "prompt": r.prompt, "reference": r.reference})
+                                       + "\n" for r in records))
     gen_cfg = build(rollouts.RolloutsConfig, {
         "job": "rollouts", "run_name": "generations", "output_dir": str(run_.path / "generations"),
         "seed": cfg.seed, "model": cfg.model, "template": cfg.task.template, "chat": cfg.chat,
@@ -176,7 +190,7 @@ def run(cfg: ReasoningEvalConfig, overwrite: bool = False) -> dict:
                                           [r["reference"] for r in rows])
     for r, v in zip(rows, verdicts):
         r.update(score=v.score, passed=v.passed, details=json.dumps(v.details, default=str))
-    pq.write_table(pa.Table.from_pylist(rows), run_.path / "samples.parquet")
+    _write_parquet(run_.path / "samples.parquet", pa.Table.from_pylist(rows))
 
     by_prompt: dict[str, list[dict]] = {}
     for r in rows:

@@ -1,16 +1,16 @@
-"""`workbench generate rollouts` through the real CLI: schema, resume after SIGKILL, 2 ranks = 1 rank, bad input."""
+"""`workbench generate rollouts` through the real CLI: schema, resume after SIGKILL (hf and vLLM: the same samples as an
+uninterrupted run), 2 ranks = 1 rank, bad input."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-
+import pytest
 
 from conftest import REPO, needs_vllm, run_cli
+from killing import assert_same, kill_at, rng, run_to_end, shards_at_least, snapshot, temp_files
 
 SCHEMA = ["prompt_id", "prompt", "sample_idx", "completion", "prompt_token_ids", "completion_token_ids", "reference",
           "finish_reason", "num_tokens", "logprob",
@@ -39,48 +39,77 @@ def jsonl_args(tmp_path, prompts: Path, **extra):
     return [f"{k}={v}" for k, v in over.items()]
 
 
-@needs_vllm
-def test_tiny_recipe_on_vllm_writes_schema_and_manifest(tmp_path):
-    run_cli("generate", "rollouts", "--config", "recipes/tiny/rollouts.yaml", f"output_dir={tmp_path / 'run'}",
+@pytest.fixture(scope="module")
+def vllm_run(tmp_path_factory):
+    """The tiny recipe on vLLM, uninterrupted: 8 prompts x 2 samples in 3 shards."""
+    out = tmp_path_factory.mktemp("vllm") / "run"
+    run_cli("generate", "rollouts", "--config", "recipes/tiny/rollouts.yaml", f"output_dir={out}",
             "backend.backend=vllm")
-    ds = load_rows(tmp_path / "run")
+    return out
+
+
+@needs_vllm
+def test_tiny_recipe_on_vllm_writes_schema_and_manifest(vllm_run):
+    ds = load_rows(vllm_run)
     assert ds.column_names == SCHEMA
     assert len(ds) == 16 and len(set(keys(ds))) == 16
     assert set(ds["backend"]) == {"vllm"} and set(ds["model"]) == {"tiny-llama"}
     assert ds[0]["reference"] == "72" and ds[0]["prompt"].endswith("Give the final answer after ####.")
-    manifest = json.loads((tmp_path / "run" / "rollouts" / "manifest.json").read_text())
+    manifest = json.loads((vllm_run / "rollouts" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_rows"] == 16 and len(manifest["shards"]) == 3
     for f in ("config.yaml", "env.json", "metrics.jsonl", "run.json"):
-        assert (tmp_path / "run" / f).exists()
-    again = run_cli("generate", "rollouts", "--config", "recipes/tiny/rollouts.yaml", f"output_dir={tmp_path / 'run'}",
+        assert (vllm_run / f).exists()
+    again = run_cli("generate", "rollouts", "--config", "recipes/tiny/rollouts.yaml", f"output_dir={vllm_run}",
                     "backend.backend=vllm")
     assert "nothing to redo" in again.stderr
 
 
-def test_resume_after_sigkill_exactly_once(tmp_path):
-    prompts = tmp_path / "p.jsonl"
-    write_prompts(prompts, 24)
-    args = ["generate", "rollouts", "--config", "recipes/tiny/rollouts.yaml",
-            *jsonl_args(tmp_path, prompts, **{"sharding.shard_size": 1, "sampling.max_tokens": 48, "sampling.n": 2,
-                                              "backend.batch_size": 1})]
+@needs_vllm
+@pytest.mark.vllm
+def test_resume_after_sigkill_on_vllm_reproduces_the_samples(tmp_path, vllm_run):
+    """vLLM gets one seed per prompt, derived from the unit's seed: a killed and resumed job redraws exactly the
+    samples of the uninterrupted one (texts, token ids, log-probs), not merely the same keys."""
+    args = ["generate", "rollouts", "--config", "recipes/tiny/rollouts.yaml", f"output_dir={tmp_path / 'run'}",
+            "backend.backend=vllm"]
     out = tmp_path / "run" / "rollouts"
-    proc = subprocess.Popen([sys.executable, "-m", "workbench", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("shard-*.parquet"))) < 3:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
-    assert 3 <= len(before) < 24, "the kill should land mid-job"
+    r, seed = rng(5)
+    k = r.randint(1, 2)  # of 3 shards
+    kill_at(args, shards_at_least(out, k))
     assert not (out / "manifest.json").exists()
-    run_cli(*args)
-    ds = load_rows(tmp_path / "run")
-    assert len(ds) == 48 and len(set(keys(ds))) == 48
-    assert keys(ds) == sorted((f"p{i}", j) for i in range(24) for j in range(2))
+    run_to_end(args)
+    assert_same(snapshot(out), snapshot(vllm_run / "rollouts"),
+                f"vLLM rollouts killed after {k} shards (WORKBENCH_KILL_SEED={seed})")
+    assert len({r["completion"] for r in load_rows(tmp_path / "run")}) > 8
+    assert temp_files(tmp_path / "run", ".shard-*.tmp-*") == []
+
+
+def test_resume_after_sigkill_exactly_once(tmp_path):
+    """SIGKILL at a random shard, rerun: the rows of an uninterrupted run, each once, with the same completions,
+    token ids and log-probs (unit k is sampled with a seed derived from k alone), and finished shards untouched."""
+    prompts = tmp_path / "p.jsonl"
+    write_prompts(prompts, 8)
+
+    def args(where):
+        return ["generate", "rollouts", "--config", "recipes/tiny/rollouts.yaml",
+                *jsonl_args(where, prompts, **{"sharding.shard_size": 1, "sampling.max_tokens": 16, "sampling.n": 2})]
+
+    run_to_end(args(tmp_path / "ref"))
+    want = snapshot(tmp_path / "ref" / "run" / "rollouts")
+    r, seed = rng(3)
+    k = r.randint(1, 6)  # kill once k of the 8 shards exist: at least one unit is still to do
+    out = tmp_path / "killed" / "run" / "rollouts"
+    kill_at(args(tmp_path / "killed"), shards_at_least(out, k))
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
+    assert k <= len(before) < 8 and not (out / "manifest.json").exists(), f"seed {seed}: the kill landed mid-job"
+    run_to_end(args(tmp_path / "killed"))
+
+    assert_same(snapshot(out), want, f"rollouts killed after {k} shards (WORKBENCH_KILL_SEED={seed})")
+    ds = load_rows(tmp_path / "killed" / "run")
+    assert keys(ds) == sorted((f"p{i}", j) for i in range(8) for j in range(2))  # each row exactly once
+    assert len(set(ds["completion"])) > 8, "distinct samples: equal outputs would not be a vacuous match"
     for name, mtime in before.items():
         assert (out / name).stat().st_mtime_ns == mtime, f"finished shard {name} was regenerated"
-    assert not list(out.glob(".shard-*")), "no temp files left behind"
+    assert temp_files(tmp_path / "killed" / "run", ".shard-*.tmp-*") == [], "no temp shard left behind"
 
 
 def test_two_ranks_equal_one_rank(tmp_path):

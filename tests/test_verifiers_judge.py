@@ -266,7 +266,7 @@ def test_options_build_a_judge_by_name_without_loading_anything():
     ({"scale_min": 3, "scale_max": 3}, "scale_max"),
     ({"pass_score": 9}, "pass_score"),
     ({"max_tokens": "many"}, "expected int"),
-    ({"backend": {"backend": "gpu"}}, "expected one of"),
+    ({"backend": {"backend": "gpu"}}, "unknown backend 'gpu'; known: auto, fake, hf, vllm"),
 ])
 def test_bad_options_fail_clearly(options, match):
     with pytest.raises(RecipeError, match=match):
@@ -288,9 +288,9 @@ def test_real_hf_judge_on_random_model_counts_malformed(tiny_llama):
     backend = judge.backend
     calls, generate = [], backend.generate
 
-    def spy(prompts, sampling):
+    def spy(prompts, sampling, seed=None):
         calls.append(len(prompts))
-        return generate(prompts, sampling)
+        return generate(prompts, sampling, seed=seed)
 
     backend.generate = spy
     verdicts = judge.verify_batch(["What is 2 + 3?", "Name a colour."], ["2 + 3 = 5. #### 5", "Blue."], ["5", None])

@@ -456,6 +456,8 @@ def run(cfg: ListsConfig, overwrite: bool = False) -> dict:
                              "grades": list(r["grades"]) + [cfg.negatives.grade] * len(negs),
                              "provenance": list(r["provenance"]) + [tag] * len(negs)})
         if cfg.negatives.enabled:
+            # Logged before the unit's shard is committed: a unit redone after a kill logs again, so each line names
+            # its unit (a reader keeps the last line per unit; summing every line would count a redone unit twice).
             infos = [i for _, i in mined]
             negs = [x for i in infos for x in i.get("neg_scores", [])]
             poss = [i["pos_score"] for i in infos if "pos_score" in i]
@@ -466,7 +468,7 @@ def run(cfg: ListsConfig, overwrite: bool = False) -> dict:
                                                                        for i in infos),
                               "negatives/pos_score_mean": sum(poss) / len(poss) if poss else None,
                               "negatives/neg_score_mean": sum(negs) / len(negs) if negs else None,
-                              "negatives/tau_first": infos[0].get("tau") if infos else None})
+                              "negatives/tau_first": infos[0].get("tau") if infos else None}, unit=unit)
         return out_rows, 0
 
     shards.run_units(list(enumerate(rows)), cfg.sharding.shard_size, out, shards.Partition(), process, desc="lists",

@@ -230,6 +230,7 @@ def run(cfg: PairsConfig, overwrite: bool = False) -> dict:
         if name == "test" and not rows_:
             continue
         folder = run_.path / ("pairs" if name == "train" else "pairs_test")
+        shards.clean_temp(folder)  # a run killed mid-write left its temp shard; this rerun writes it anew
         shards.write_shard(folder, 0, rows_, pair_schema(src_manifest.get("chat", True)))
         shards.finalize(folder, [len(rows_)], {**info, "split": name})
     atomic_write(run_.path / "pairs" / "counts.json", json.dumps(counts, indent=2))

@@ -172,10 +172,11 @@ class Run:
         p = self.path / "run.json"
         return json.loads(p.read_text()) if p.exists() else {}
 
-    def mark_done(self, summary: dict | None = None) -> None:
+    def mark_done(self, summary: dict | None = None, **extra) -> None:
+        """Write ``run.json`` as done (``extra``: more top-level keys, in the same atomic write)."""
         atomic_write(self.path / "run.json", json.dumps(
             {"status": "done", "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-             "summary": summary or {}}, indent=2, default=float))
+             "summary": summary or {}, **extra}, indent=2, default=float))
 
     @property
     def done(self) -> bool:
@@ -269,6 +270,13 @@ def _open_run(path: Path, config: dict, overwrite: bool, quiet: bool) -> Run:
         path.mkdir(parents=True, exist_ok=True)
         atomic_write(cfg_file, yaml.safe_dump(config, sort_keys=False))
         say(f"starting a new run in {path}")
-    atomic_write(path / "env.json", json.dumps(env_info(), indent=2))
+    env = env_info()
+    old_env = path / "env.json"
+    if run.resumed and old_env.exists():  # keep what the stage added while it ran (e.g. the generation backend)
+        try:
+            env = {**{k: v for k, v in json.loads(old_env.read_text()).items() if k not in env}, **env}
+        except ValueError:  # a corrupt env.json is only bookkeeping: rewrite it
+            pass
+    atomic_write(path / "env.json", json.dumps(env, indent=2, default=str))
     (path / "metrics.jsonl").touch()
     return run

@@ -103,8 +103,13 @@ def read_rows(folder: Path, columns: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def clean_temp(folder: Path) -> None:
-    for f in Path(folder).glob(".shard-*.tmp-*"):
+def clean_temp(folder: Path, units: Iterable[int] | None = None) -> None:
+    """Remove temp shards a killed writer left: of ``units`` only (another rank may be writing its own), or all."""
+    if units is None:
+        files = Path(folder).glob(".shard-*.tmp-*")
+    else:
+        files = [f for k in units for f in Path(folder).glob(f".{shard_path(folder, k).name}.tmp-*")]
+    for f in files:
         f.unlink(missing_ok=True)
 
 
@@ -169,8 +174,8 @@ def run_units(items: list, unit_size: int, folder: Path, part: Partition, proces
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    clean_temp(folder)
     units = [k for k in range(num_units(len(items), unit_size)) if part.owns(k)]
+    clean_temp(folder, units)
     todo = [k for k in units if not shard_path(folder, k).exists()]
     total = sum(len(items[k * unit_size:(k + 1) * unit_size]) for k in units) * samples_per_item
     done = total - sum(len(items[k * unit_size:(k + 1) * unit_size]) for k in todo) * samples_per_item

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.config import register_job
-from workbench.errors import DataError
+from workbench.errors import DataError, WorkbenchError
 from workbench.store import shards
 from workbench.generation.rollouts import ROLLOUT_COLUMNS
 from workbench.store.runs import RunConfig
@@ -97,6 +97,7 @@ def score_rows(verifier, rows: list[dict]) -> tuple[list[dict], dict]:
 def run(cfg: VerifyConfig, overwrite: bool = False) -> dict:
     import pyarrow.parquet as pq
 
+    from workbench.store.files import atomic_write
     from workbench.store.stage import start_stage
 
     src = shards.stage_folder(cfg.input_dir, "rollouts")
@@ -109,9 +110,16 @@ def run(cfg: VerifyConfig, overwrite: bool = False) -> dict:
         return stage.manifest
     run_, out = stage.run, stage.out
     verifier = cfg.verifier.build()
+    unit_stats = run_.path / "verifier_stats"
 
     def process(chunk: list[Path], unit: int):
+        # A verifier's counters (the judge's malformed answers ...) live in the object and count only this process's
+        # units. Each unit's share is saved before its shard is committed, so after a kill and rerun the manifest
+        # sums every unit once: a unit redone after a kill overwrites its share.
+        before = _verifier_stats(verifier)
         scored, _ = score_rows(verifier, pq.read_table(chunk[0]).to_pylist())
+        share = {k: v - before.get(k, 0) for k, v in _verifier_stats(verifier).items()}
+        atomic_write(unit_stats / f"unit-{unit:05d}.json", json.dumps(share))
         return scored, 0
 
     shards.run_units(inputs, 1, out, shards.Partition(), process, desc="verify",
@@ -122,7 +130,7 @@ def run(cfg: VerifyConfig, overwrite: bool = False) -> dict:
     stats = {"rows": len(rows), "passed": sum(r["passed"] for r in rows),
              "empty_completions": sum(1 for r in rows if not (r["completion"] or "").strip()),
              "mean_score": sum(r["score"] for r in rows) / max(1, len(rows)), "skipped_rows": n_skipped,
-             **_verifier_stats(verifier)}
+             **_summed_unit_stats(unit_stats, len(inputs))}
     manifest = shards.finalize(out, [s["rows"] for s in src_manifest["shards"]], {
         "job": "verify", "verifier": cfg.verifier.name, "verifier_options": cfg.verifier.options,
         "input": str(src), "columns": ROLLOUT_COLUMNS + VERDICT_COLUMNS, "chat": src_manifest.get("chat", True),
@@ -132,6 +140,19 @@ def run(cfg: VerifyConfig, overwrite: bool = False) -> dict:
     print(f"[verify] {stats['passed']}/{stats['rows']} passed (mean score {stats['mean_score']:.3f}); "
           f"{n_skipped} row(s) skipped with a reason -> {out}", file=sys.stderr)
     return manifest
+
+
+def _summed_unit_stats(folder: Path, units: int) -> dict:
+    """The verifier's counters over every unit, from the per-unit shares (see ``process`` in :func:`run`)."""
+    total: dict = {}
+    for k in range(units):
+        share = folder / f"unit-{k:05d}.json"
+        if not share.exists():  # a shard verified by a version before the per-unit shares
+            raise WorkbenchError(f"{share}: missing, so the verifier's counters cannot be summed over every unit. "
+                                 "Rerun with --overwrite.")
+        for key, v in json.loads(share.read_text()).items():
+            total[key] = total.get(key, 0) + v
+    return total
 
 
 def _verifier_stats(verifier) -> dict:

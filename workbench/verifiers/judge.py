@@ -37,7 +37,9 @@ judge sees are ours.
 Batching: every ``*_batch`` method sends all its judge prompts in ONE ``backend.generate`` call (what vLLM
 needs to batch). Judges decode greedily by default (``temperature: 0``).
 
-The backend is any object with ``generate(prompts, SamplingConfig) -> list[list[Completion]]``: pass one
+The backend is any object with ``generate(prompts, SamplingConfig, seed=None) -> list[list[Completion]]`` (the
+generation backends' protocol; the seed of each call is derived from the judge's ``seed`` and the call's prompts, so
+sampled answers at ``temperature > 0`` are reproducible, call by call): pass one
 (``JudgeVerifier(backend=...)``), or name a model and a :class:`BackendConfig` and it is started on first use
 with :func:`~workbench.generation.backends.make_backend`. Prompt length is not checked here: a judged text
 longer than the judge's context is the backend's error.
@@ -294,6 +296,14 @@ class JudgeVerifier(Verifier):
             return [{"role": "system", "content": system}, {"role": "user", "content": user}]
         return f"{system}\n\n{user}\n\n"
 
+    def _seed(self, prompts: list) -> int:
+        """The call's sampling seed, from the judge's seed and the prompts alone: the same question gets the same
+        sampled answer whatever the judge was asked before (a resumed job redraws what an uninterrupted one drew;
+        a backend's own per-call counter would not)."""
+        from workbench.generation.backends import derive_seed
+
+        return derive_seed(self.config.seed, "judge", prompts)
+
     def _generate(self, messages: list, key: str = "SCORE") -> list[str]:
         """One backend call for all ``messages``; the first sample's text of each (with ``prefill_answer``, the
         prefilled ``KEY:`` and the value the judge wrote after it)."""
@@ -306,9 +316,9 @@ class JudgeVerifier(Verifier):
 
             prefix = f"{key}:"
             texts = [t + prefix for t in render_prompts(self.backend.tokenizer, messages)]
-            out = self.backend.generate(texts, replace(self._sampling(), stop=["\n"]))
+            out = self.backend.generate(texts, replace(self._sampling(), stop=["\n"]), seed=self._seed(texts))
             return [prefix + (samples[0].text if samples else "") for samples in out]
-        out = self.backend.generate(messages, self._sampling())
+        out = self.backend.generate(messages, self._sampling(), seed=self._seed(messages))
         if len(out) != len(messages):
             raise RuntimeError(f"judge backend returned {len(out)} results for {len(messages)} prompts")
         return [samples[0].text if samples else "" for samples in out]
