@@ -28,7 +28,8 @@ Training lists (the same for every loss):
    corpus: all of it, or ``--corpus-size`` documents that include every judged one (faster; inflates nDCG, stated
    in the output).
 
-Writes ``<out>/results.json`` and prints both tables as Markdown.
+Writes ``<out>/results.json`` and the record ``benchmarks/results/listwise.json`` (rendered into RESULTS.md), and
+prints both tables as Markdown.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import begin, write_record  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -56,7 +60,7 @@ def quick_lists(beir: str, n_bm25: int, n_random: int, seed: int, limit: int | N
     """Graded lists from real data only: qrels positive 3, BM25 hits 1, random 0 (SciFact train claims)."""
     import bm25s
 
-    from workbench.data.beir import doc_text, load_split
+    from workbench.store.beir import doc_text, load_split
 
     sp = load_split(beir, "train")
     ids = list(sp.corpus)
@@ -90,7 +94,7 @@ def quick_lists(beir: str, n_bm25: int, n_random: int, seed: int, limit: int | N
 
 def write_lists(rows: list[dict], folder: Path) -> Path:
     """As a finished shard folder, the form the training job reads."""
-    from workbench.generation.shards import finalize, write_shard
+    from workbench.store.shards import finalize, write_shard
 
     write_shard(folder, 0, rows)
     finalize(folder, [len(rows)], {"job": "benchmark-quick-lists", "columns": list(rows[0])})
@@ -98,7 +102,7 @@ def write_lists(rows: list[dict], folder: Path) -> Path:
 
 
 def test_split(beir: str, corpus_size: int | None, seed: int, n_queries: int | None):
-    from workbench.data.beir import doc_text, load_split
+    from workbench.store.beir import doc_text, load_split
 
     sp = load_split(beir, "test")
     qids = sorted(sp.queries)
@@ -169,7 +173,7 @@ def time_steps(model_path: str, lists, losses: list[str], batch_size: int, steps
     for name in losses:
         med = statistics.median(times[name])
         docs = statistics.mean(b[2] for b in setups[name][3])
-        out[name] = {"median_step_s": med, "min_step_s": min(times[name]),
+        out[name] = {"median_step_s": med, "min_step_s": min(times[name]), "max_step_s": max(times[name]),
                      "ratio_to_infonce": med / base if base else None, "docs_per_step": docs,
                      "steps_timed": len(times[name])}
     return out
@@ -197,7 +201,7 @@ def time_loss_only(losses: list[str], batch_size: int, list_size: int, dim: int,
                 cols = [q] + list(d.view(batch_size, list_size, dim).unbind(1))
                 value = loss.compute_loss_from_embeddings(cols, None)
             else:
-                from workbench.losses.listwise_base import in_batch_layout
+                from workbench.losses.listwise.base import in_batch_layout
 
                 value = loss.compute(*in_batch_layout(loss.similarity_fct(q, d), grades))
             value.backward()
@@ -237,6 +241,7 @@ def train(lists_dir: Path, loss: str, args, out: Path) -> dict:
 
 
 def main() -> None:
+    started = begin()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--beir", required=True, help="BEIR SciFact folder (corpus.jsonl, queries.jsonl, qrels/)")
     src = ap.add_mutually_exclusive_group(required=True)
@@ -263,6 +268,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (fewer helps on a shared CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench-listwise")
+    ap.add_argument("--results-dir", type=Path, default=None, help="where the record goes (default benchmarks/results)")
     args = ap.parse_args()
     losses = [x.strip() for x in args.losses.split(",") if x.strip()]
     out = Path(args.out)
@@ -286,7 +292,8 @@ def main() -> None:
     sizes = sorted({len(r.docs) for r in lists})
     print(f"[bench] {len(lists)} training lists of {sizes} documents from {lists_dir}; "
           f"infonce uses {args.infonce_negatives} hard negatives", file=sys.stderr)
-    results = {"setup": {k: v for k, v in vars(args).items()}, "lists": str(lists_dir), "list_sizes": sizes,
+    results = {"setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "lists": str(lists_dir), "list_sizes": sizes,
                "num_lists": len(lists)}
     base_path = resolve_model(args.model)
 
@@ -332,6 +339,39 @@ def main() -> None:
             rt = f"{q['train_runtime_s']:.0f}" if q.get("train_runtime_s") else "-"
             print(f"| {name} | {q['ndcg@10']:.4f} | {rt} |")
     print(f"\n(results: {out / 'results.json'})")
+    write_record("listwise", {**rendered(results, args, lists_dir), "results": results}, started, args.results_dir)
+
+
+def rendered(results: dict, args, lists_dir: Path) -> dict:
+    """Title, tables and notes for RESULTS.md."""
+    tables, notes = [], []
+    if "timing" in results:
+        tables.append({
+            "title": f"Step time: {args.timing_steps} timed steps per loss after {args.timing_warmup} warm-up, batch "
+                     f"{args.batch_size}, max length {args.max_seq_length}, round-robin with the order rotated each "
+                     "round",
+            "columns": ["loss", "median step (s)", "min", "max", "median ratio to infonce", "docs encoded / step",
+                        "loss alone, fwd+bwd (ms)"],
+            "rows": [[name, t["median_step_s"], t["min_step_s"], t.get("max_step_s"), t["ratio_to_infonce"],
+                      t["docs_per_step"], t.get("loss_only_ms")] for name, t in results["timing"].items()],
+            "formats": ["", ".3f", ".3f", ".3f", ".2f", ".0f", ".2f"]})
+        ws2 = results["timing"].get("ws2", {}).get("ratio_to_infonce")
+        if ws2 is not None:
+            notes.append(f"ws2 / infonce median step: {ws2:.2f} (goal <= 1.2: {'met' if ws2 <= 1.2 else 'not met'}).")
+    if "quality" in results:
+        ev = results["eval"]
+        tables.append({
+            "title": f"nDCG@10 on SciFact test: {ev['test_queries']} claims, {ev['corpus_note']} ({ev['corpus']} "
+                     f"docs); {args.steps} training steps per loss",
+            "columns": ["model", "nDCG@10", "train time (s)"],
+            "rows": [[name, q["ndcg@10"], q.get("train_runtime_s")] for name, q in results["quality"].items()],
+            "formats": ["", ".4f", ".0f"]})
+    notes.append(f"Training lists: {results['num_lists']} from "
+                 f"{'real data (--quick: qrels 3, BM25 1, random 0)' if args.quick else lists_dir} "
+                 f"(sizes {results['list_sizes']}); model {args.model}"
+                 + (f"; torch threads {args.threads}" if args.threads else "") + ".")
+    return {"title": f"List-wise embedding losses (`benchmarks/listwise.py{' --quick' if args.quick else ''}`)",
+            "tables": tables, "notes": notes}
 
 
 def _embedding_dim(model_path: str) -> int:
