@@ -185,21 +185,39 @@ class Child:
     wall_s: float
 
 
+# Linux copies the parent's RSS counters into a forked child, and exec() keeps that high-water mark in the
+# child's ru_maxrss. So a child forked from a 500 MiB pytest reports >= 500 MiB however little it allocates.
+# A tiny launcher interpreter forks the real child instead: the floor becomes the launcher's ~10 MiB.
+_LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+proc.returncode = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{proc.returncode} {usage.ru_maxrss}")
+"""
+
+
 def run_child(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> Child:
     """Run ``cmd`` to completion and return its output and *its own* peak RSS, read from ``os.wait4`` on its pid.
 
     ``resource.getrusage(RUSAGE_CHILDREN)`` would give the largest of all children waited for so far, so a second
-    side could never report less than the first; ``wait4`` answers for this one process. Output goes through files,
-    not pipes, so a chatty child cannot fill a pipe and block while we wait.
+    side could never report less than the first; ``wait4`` answers for this one process. The child is started by a
+    small launcher process (see ``_LAUNCHER``) so that it does not inherit this process's RSS high-water mark.
+    Output goes through files, not pipes, so a chatty child cannot fill a pipe and block while we wait.
     """
     import subprocess
 
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.TemporaryDirectory() as tmp:
+        status_file = Path(tmp) / "status"
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        launcher = subprocess.run([sys.executable, "-c", _LAUNCHER, str(status_file), *map(str, cmd)],
+                                  stdout=out, stderr=err, cwd=cwd, env=env)
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait on it again
         out.seek(0)
         err.seek(0)
-        return Child(proc.returncode, out.read(), err.read(), usage.ru_maxrss, wall)
+        if not status_file.exists():
+            raise RuntimeError(f"run_child: the launcher failed (exit {launcher.returncode}): {err.read()[-2000:]}")
+        returncode, max_rss = (int(x) for x in status_file.read_text().split())
+        return Child(returncode, out.read(), err.read(), max_rss, wall)

@@ -17,7 +17,6 @@ run once unmutated: they must pass, or every "kill" would be meaningless.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess

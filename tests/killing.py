@@ -295,7 +295,8 @@ def event(kind, path):
     if not p.startswith(root):
         return
     # A temp file's pid, and a mkdtemp folder's random suffix, differ between runs.
-    name = kind + " " + re.sub(r"(^|/)(\.[^/]+-)[a-z0-9_]{8}(?=/)", r"\1\2*", re.sub(r"\.tmp-\d+", ".tmp-*", p[len(root):]))
+    rel = re.sub(r"\.tmp-\d+", ".tmp-*", p[len(root):])
+    name = kind + " " + re.sub(r"(^|/)(\.[^/]+-)[a-z0-9_]{8}(?=/)", r"\1\2*", rel)
     if log:
         with real_open(log, "a") as fh:
             fh.write(name + "\n")

@@ -152,11 +152,17 @@ def test_write_record_refuses_a_payload_that_would_overwrite_provenance(tmp_path
 def test_run_child_reports_each_childs_own_peak_rss():
     # 200 MiB written byte by byte (so the pages are resident), then a child that allocates almost nothing: with
     # RUSAGE_CHILDREN (the largest child so far) the second would also report >= 200 MiB.
+    # This process first grows by 300 MiB: a child forked straight from it inherits that as its ru_maxrss floor
+    # (how the suite failed inside a 500 MiB pytest), so the small child must still report far less than 300 MiB.
+    ballast = bytearray(300 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])
     big = record.run_child([sys.executable, "-c", "x = b'a' * (200 * 2**20); print(len(x))"])
     small = record.run_child([sys.executable, "-c", "print(1)"])
     assert big.returncode == 0 and big.stdout.strip() == str(200 * 2**20)
     assert big.max_rss_kib >= 200 * 1024
     assert small.max_rss_kib < big.max_rss_kib - 150 * 1024  # an interpreter is ~10-40 MiB, far below 200 MiB
+    assert small.max_rss_kib < 150 * 1024, "the child inherited this process's RSS high-water mark"
+    del ballast
 
 
 def test_gnu_time_output_is_parsed():

@@ -15,6 +15,12 @@ records every stage's input policy and data paths.
 Between iterations, easy-prompt pruning drops ``prune_easy_fraction`` of the prompts whose samples all passed
 (VerIPO drops 80%); the per-iteration summary goes to ``metrics.jsonl`` (rows with an ``iteration`` key), which
 ``workbench report`` plots against the iteration.
+
+Killed anywhere, the rerun ends with what an uninterrupted run ends with: a summary row is logged once (the rows
+already in ``metrics.jsonl`` say which iterations were logged, not ``run.json``, which is written after them), and
+``run.json`` is written done in one atomic write with every iteration's summary. Only the ``time/<stage>`` values
+differ: a stage's time is that of the attempt that finished it, or None when the kill came between the stage's end
+and the saving of its time.
 """
 
 from __future__ import annotations
@@ -166,6 +172,11 @@ class _Iteration:
         self.timings[name] = time.perf_counter() - t0 + self.timings.get(name, 0.0)
         self._save("timings.json", self.timings)
 
+    def stage_times(self) -> dict:
+        """``time/<stage>`` for every stage of this iteration: None if it finished in a run killed before it could
+        save its time (so the summary has the same keys however the loop was interrupted)."""
+        return {f"time/{k}": self.timings.get(k) for k in ITERATION_STAGES if k in self.lineage}
+
 
 def _policy_train_cfg(cfg: LoopConfig, method: str, model: str, out: Path, extra: dict) -> dict:
     from workbench.config import to_dict
@@ -199,6 +210,9 @@ def run(cfg: LoopConfig, overwrite: bool = False) -> dict:
         atomic_write(pool_file, "".join(json.dumps({"id": r.prompt_id, "prompt": r.prompt, "reference": r.reference})
                                         + "\n" for r in recs))
     summaries = {row["iteration"]: row for row in run_.status().get("iterations", [])}
+    # The iterations whose summary row is in metrics.jsonl: a kill between that row and run.json must not log it twice.
+    logged = {json.loads(line).get("iteration") for line in (root / "metrics.jsonl").read_text().splitlines()
+              if line.strip()}
     policy = cfg.model
     for i in range(cfg.iterations):
         it = _Iteration(cfg, root, i, policy)
@@ -263,9 +277,10 @@ def run(cfg: LoopConfig, overwrite: bool = False) -> dict:
                    "consistency_rate": sum(consistent) / len(consistent) if consistent else None,
                    "repetition_rate": sum(bool(d.get("repetitive")) for d in details) / len(details),
                    "prompts_kept": prune["kept"], "prompts_pruned": prune["pruned"], "pairs": pair_counts["pairs"],
-                   "policy": policy, **{f"time/{k}": v for k, v in it.timings.items()}}
-        if i not in summaries:
+                   "policy": policy, **it.stage_times()}
+        if i not in logged:
             run_.log_metrics(summary, iteration=i)
+            logged.add(i)
         summaries[i] = summary
         nxt = root / f"iter_{i + 1}" / "pool.jsonl"
         if i + 1 < cfg.iterations and not nxt.exists():
@@ -277,7 +292,7 @@ def run(cfg: LoopConfig, overwrite: bool = False) -> dict:
     from workbench_eval.compare import report
 
     report([str(root)], str(root))
-    run_.mark_done({"final_policy": policy, "iterations": len(summaries)})
-    atomic_write(root / "run.json", json.dumps({**run_.status(), "iterations": [summaries[k] for k in sorted(summaries)]},
-                                               indent=2, default=float))
+    # Done and the iterations in one write: a run.json marked done without them would be "finished" to a rerun.
+    run_.mark_done({"final_policy": policy, "iterations": len(summaries)},
+                   iterations=[summaries[k] for k in sorted(summaries)])
     return {"final_policy": policy}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 POLICY = [("base", "policy_eval_base"), ("DPO", "policy_eval_dpo"), ("HyPO", "policy_eval_hypo")]
@@ -44,8 +45,11 @@ def _bars(path: Path, labels: list[str], series: dict[str, list[float]], title: 
             ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # Through a temp file and a rename, like every other output: a kill mid-save leaves no half PNG.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def _policy_section(out: Path) -> tuple[list[str], list[str]]:
@@ -146,7 +150,9 @@ def write_report(out: Path, stage_names: list[str], timings: dict) -> Path:
     lines += _retrieval_section(out)
     lines += ["## Stage timings (this machine)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {s} | {timings.get(s, '-')} |" for s in stage_names]
-    lines += ["", f"Total measured: {sum(v for v in timings.values()):.0f} s. Every stage's own run folder holds its "
+    lines += ["", f"Total measured: {sum(v for v in timings.values()):.0f} s (a stage resumed after a kill counts the "
+              "attempt that finished it; '-': killed between its end and the saving of its time). Every stage's own "
+              "run folder holds its "
               "config, environment, metrics and outputs; rerun any of them with `workbench <stage> --config "
               "recipes/quickstart/<stage>.yaml`."]
     path = out / "report.md"

@@ -61,6 +61,8 @@ class RolloutsConfig(RunConfig):
     def validate(self):
         if "{prompt}" not in self.template:
             raise ValueError("template must contain {prompt}")
+        if not self.model.strip():
+            raise ValueError("model is empty: name a default (workbench models), a local folder or a hub id")
 
 
 def build_messages(user: str, chat: bool = True, system_prompt: str | None = None):

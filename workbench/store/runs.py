@@ -156,17 +156,6 @@ class Run:
         with open(self.path / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row, default=float) + "\n")
 
-    def drop_metrics_after(self, step: int) -> int:
-        """Remove the rows logged for steps after ``step`` (a resumed run logs them again); returns how many."""
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return 0
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        keep = [line for line in lines if (json.loads(line).get("step") or 0) <= step]
-        if len(keep) != len(lines):
-            atomic_write(path, "".join(line + "\n" for line in keep))
-        return len(lines) - len(keep)
-
     # status -------------------------------------------------------------------------------------------------------
     def status(self) -> dict:
         p = self.path / "run.json"

@@ -244,8 +244,8 @@ def run(cfg: ListwiseTrainConfig, overwrite: bool = False, callbacks: list | Non
                                        SentenceTransformerTrainingArguments)
     from transformers import set_seed
 
-    from workbench.training.callbacks import MetricsJsonlCallback
-    from workbench.training.checkpoints import CompleteCheckpointCallback, last_complete_checkpoint
+    from workbench.training.callbacks import MetricsJsonlCallback, train_loss
+    from workbench.training.checkpoints import CompleteCheckpointCallback, resume_point, train
     from workbench.training.listwise_data import ListwiseDataCollator
 
     set_seed(cfg.seed)
@@ -276,9 +276,9 @@ def run(cfg: ListwiseTrainConfig, overwrite: bool = False, callbacks: list | Non
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, loss=loss, evaluator=evaluator,
         data_collator=collator,
-        callbacks=[MetricsJsonlCallback(run_), CompleteCheckpointCallback(), *(callbacks or [])])
+        callbacks=[MetricsJsonlCallback(run_), CompleteCheckpointCallback(run_), *(callbacks or [])])
 
-    resume = last_complete_checkpoint(run_.path / "checkpoints")
+    resume = resume_point(run_)  # metrics.jsonl cut back to the checkpoint (emptied when starting over)
     if resume:
         _say(f"resuming from {resume}")
         run_.log_metrics({"event": "resume", "checkpoint": Path(resume).name})
@@ -287,18 +287,23 @@ def run(cfg: ListwiseTrainConfig, overwrite: bool = False, callbacks: list | Non
         run_.log_metrics({f"eval_{k}": v for k, v in before.items()}, step=0)
         _say(f"before training: held-out nDCG@10 = {before[evaluator.primary_metric]:.4f}")
 
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = train(trainer, resume)  # trainer.train, but never past max_steps on a resume
     final = _final_eval(trainer) if do_eval else {}
     if cfg.lora is not None:
         merge_lora(model)
     save_model_atomically(model, run_.path / "model")
 
     summary = {"loss": cfg.loss.name, "train_rows": len(train_ds), "heldout_lists": len(eval_rows),
-               "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+               "global_step": trainer.state.global_step, "train_loss": train_loss(trainer.state),
                "train_runtime_s": result.metrics.get("train_runtime"), "resumed_from": resume,
                "model": str(run_.path / "model"), **{k: v for k, v in final.items() if k.startswith("eval_")}}
     if evaluator is not None:
-        summary["ndcg@10"] = final.get(f"eval_{evaluator.primary_metric}")
+        # The evaluator names its primary metric on its first call; a rerun resumed from the last checkpoint (killed
+        # while saving the model) never calls it and reads the final evaluation from the log. Its one score function
+        # is the model's similarity, so the name is known without the call.
+        primary = evaluator.primary_metric or (f"{evaluator.name}_{model.similarity_fn_name}_ndcg@"
+                                               f"{max(evaluator.ndcg_at_k)}")
+        summary["ndcg@10"] = final.get(f"eval_{primary}")
     run_.mark_done(summary)
     _say(f"done: {run_.path / 'model'}" + (f" (held-out nDCG@10 {summary['ndcg@10']:.4f})"
                                            if summary.get("ndcg@10") is not None else ""))

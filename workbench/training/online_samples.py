@@ -9,6 +9,16 @@ sampler's own numbers never enter the loss.
   optimizer steps, so samples are at most ``sync_every - 1`` steps stale. On CPU, vLLM repacks Linear weights and
   drops the originals, which breaks ``load_weights``; :func:`workbench.generation.vllm_cpu.keep_cpu_linear_weights`
   is applied first (CPU only).
+
+**Reproducible across a resume.** A run resumed from checkpoint N must draw, from step N on, exactly what the
+uninterrupted run drew. ``hf`` samples with the global torch generator, which the trainer restores from the
+checkpoint (``rng_state.pth``), so it does. vLLM's engine keeps its own generator, which no checkpoint holds, so
+``vllm`` gives every request its own seed, ``derive_seed(seed, step, micro-batch, rank, prompt index)``: the samples
+depend on the policy, the step and the prompt's place only, not on what the engine drew before (nor on which other
+requests share its batch). The weights are pushed on the first call and whenever ``step // sync_every`` moves on, a
+schedule fixed by the step: a run resumed at a multiple of ``sync_every`` (make ``optim.save_steps`` one) pushes the
+same weights at the same steps as the uninterrupted run; resumed elsewhere it pushes the checkpoint's weights
+``step mod sync_every`` steps earlier than the uninterrupted run did.
 """
 
 from __future__ import annotations
@@ -74,7 +84,9 @@ class VLLMSampler:
             keep_cpu_linear_weights()
         self.backend = VLLMBackend(model_path, backend_cfg, seed=seed)
         self.k, self.temperature, self.max_new_tokens, self.sync_every = k, temperature, max_new_tokens, sync_every
+        self.seed = seed
         self._synced_at: int | None = None
+        self._step, self._micro = None, 0  # the optimizer step of the last call, and calls within it
         self.syncs = 0
 
     def _vllm_model(self):
@@ -82,31 +94,56 @@ class VLLMSampler:
 
     @torch.no_grad()
     def sync_weights(self, model) -> None:
-        """Push the policy's weights into vLLM (PEFT: merge, push base weights, unmerge)."""
+        """Push the policy's weights into vLLM; with PEFT, each LoRA layer's merged weight ``W + scale * B @ A``.
+
+        The merge is PEFT's own, one layer at a time and out of place (``safe_merge`` builds a new tensor), and the
+        layer's original tensor is put back after the push. Merging in place and unmerging (``W + d - d``) would leave
+        rounding error in the base weights at every sync: the policy would drift with the number of syncs, and a run
+        resumed from a checkpoint (fewer syncs behind it) would no longer match the uninterrupted one."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        def vllm_name(name: str) -> str:
+            return name.removeprefix("base_model.model.").replace(".base_layer", "").replace(
+                "modules_to_save.default.", "")
+
         target = self._vllm_model()
-        peft = hasattr(model, "peft_config") and hasattr(model, "merge_adapter")
-        if peft:
-            model.merge_adapter()
-        try:
-            for name, param in model.named_parameters():
-                if peft:
-                    if "lora_" in name or "original_module" in name:
-                        continue
-                    name = name.removeprefix("base_model.model.").replace(".base_layer", "").replace(
-                        "modules_to_save.default.", "")
-                target.load_weights([(name, param.data)])
-        finally:
-            if peft:
-                model.unmerge_adapter()
+        pushed = set()
+        for layer_name, layer in model.named_modules():
+            if not isinstance(layer, BaseTunerLayer) or layer.merged:
+                continue
+            base = layer.get_base_layer()
+            originals = {n: p.data for n, p in base.named_parameters(recurse=False)}
+            layer.merge(safe_merge=True)  # new tensors: W + delta
+            try:
+                for n, p in base.named_parameters(recurse=False):
+                    target.load_weights([(vllm_name(f"{layer_name}.base_layer.{n}"), p.data)])
+                    pushed.add(f"{layer_name}.base_layer.{n}")
+            finally:
+                for n, p in base.named_parameters(recurse=False):
+                    p.data = originals[n]
+                layer.merged_adapters.clear()
+        for name, param in model.named_parameters():
+            if name in pushed or "lora_" in name or "original_module" in name:
+                continue
+            target.load_weights([(vllm_name(name), param.data)])
         self.backend.llm.reset_prefix_cache()
         self.syncs += 1
 
     def sample(self, model, prompts: list[list[int]], step: int) -> list[list[list[int]]]:
         from vllm import SamplingParams
 
-        if self._synced_at is None or step - self._synced_at >= self.sync_every:
+        from workbench.generation.backends import derive_seed
+
+        if self._synced_at is None or step // self.sync_every > self._synced_at // self.sync_every:
             self.sync_weights(model)
             self._synced_at = step
-        params = SamplingParams(n=self.k, temperature=self.temperature, top_p=1.0, max_tokens=self.max_new_tokens)
+        # Gradient accumulation calls this several times per optimizer step: the micro-batch index keeps their
+        # seeds apart (a resume starts at a step boundary, so it counts the same way); so does the rank.
+        self._micro = self._micro + 1 if step == self._step else 0
+        self._step = step
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        # One request per prompt, each with its own seed (its k samples are vLLM's child requests seed, seed+1 ...).
+        params = [SamplingParams(n=self.k, temperature=self.temperature, top_p=1.0, max_tokens=self.max_new_tokens,
+                                 seed=derive_seed(self.seed, step, self._micro, rank, i)) for i in range(len(prompts))]
         outs = self.backend.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [[list(c.token_ids) or [0] for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]

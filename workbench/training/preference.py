@@ -318,6 +318,11 @@ def make_sampler(cfg: HyPOTrainConfig, model_path: str, tok):
         if cfg.lora is not None and cfg.lora.quantization != "none":
             kind = "hf"  # vLLM cannot take merged weights from a quantised base; sample with HF instead
         else:
+            if cfg.optim.save_steps % h.sync_every:
+                print(f"[train] hypo.sync_every={h.sync_every} does not divide optim.save_steps="
+                      f"{cfg.optim.save_steps}: a run resumed from a checkpoint redraws its online samples from "
+                      "fresher weights than the uninterrupted run (see workbench/training/online_samples.py)",
+                      file=sys.stderr)
             return VLLMSampler(model_path, h.k, h.temperature, h.max_new_tokens, h.sync_every, h.vllm, seed=cfg.seed)
     return HFSampler(tok, h.k, h.temperature, h.max_new_tokens)
 
@@ -362,12 +367,15 @@ def check_inputs(cfg: PolicyTrainConfig) -> None:
 
 
 def run(cfg: PolicyTrainConfig, overwrite: bool = False) -> dict:
+    import os
+    import shutil
+
     from accelerate import PartialState
 
     from workbench.config import to_dict
     from workbench.store.runs import open_run
-    from workbench.training.callbacks import MetricsJsonlCallback
-    from workbench.training.checkpoints import CompleteCheckpointCallback, last_complete_checkpoint
+    from workbench.training.callbacks import MetricsJsonlCallback, train_loss
+    from workbench.training.checkpoints import CompleteCheckpointCallback, restore_counters, resume_point, train
 
     state = PartialState()
     check_inputs(cfg)
@@ -376,21 +384,30 @@ def run(cfg: PolicyTrainConfig, overwrite: bool = False) -> dict:
         return run_.status().get("summary", {})
     trainer = build_trainer(cfg, run_.path)
     trainer.add_callback(MetricsJsonlCallback(run_))
-    trainer.add_callback(CompleteCheckpointCallback())
-    resume = last_complete_checkpoint(run_.path / "checkpoints", clean=state.is_main_process)
+    trainer.add_callback(CompleteCheckpointCallback(run_, trainer))
+    resume = resume_point(run_, clean=state.is_main_process)
     state.wait_for_everyone()  # no rank looks at the checkpoints while the main one removes incomplete ones
     if resume and state.is_main_process:
         print(f"[train] resuming from {resume}", file=sys.stderr)
-    result = trainer.train(resume_from_checkpoint=resume)
+    restore_counters(trainer, resume)
+    result = train(trainer, resume)  # trainer.train, but never past max_steps on a resume
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    metrics["train_loss"] = train_loss(trainer.state)  # transformers' counts only this process's steps
     logged = [h for h in trainer.state.log_history if "loss" in h]
     if logged:
         metrics.update({k: v for k, v in logged[-1].items() if isinstance(v, (int, float))})
-    out = run_.path / "model"
-    trainer.save_model(str(out))
+    # The model folder appears whole or not at all: written beside it, then renamed (a kill mid-save leaves only the
+    # temp folder, which the rerun replaces). The name is fixed, not per-process, because every rank saves into it.
+    out, tmp = run_.path / "model", run_.path / ".model.tmp-save"
     if state.is_main_process:
-        trainer.processing_class.save_pretrained(str(out))
-        write_model_card(out, cfg, metrics)
+        shutil.rmtree(tmp, ignore_errors=True)
+    state.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    if state.is_main_process:
+        trainer.processing_class.save_pretrained(str(tmp))
+        write_model_card(tmp, cfg, metrics)
+        shutil.rmtree(out, ignore_errors=True)  # a model saved by a run killed before run.json
+        os.replace(tmp, out)
         run_.mark_done({"global_step": trainer.state.global_step, **metrics})
         print(f"[train] {cfg.method}: {trainer.state.global_step} steps; model saved to {out}", file=sys.stderr)
     state.wait_for_everyone()
