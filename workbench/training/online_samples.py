@@ -4,11 +4,23 @@ Both samplers take prompt token ids and return, per prompt, ``k`` completion tok
 sample stopped). Log-probs are recomputed by the trainer under the policy (with grad) and the reference, so the
 sampler's own numbers never enter the loss.
 
-* ``hf``: ``model.generate`` on the training model itself: always exactly on-policy.
-* ``vllm``: a colocated ``vllm.LLM``; the policy's weights (LoRA merged in) are pushed into it every ``sync_every``
-  optimizer steps, so samples are at most ``sync_every - 1`` steps stale. On CPU, vLLM repacks Linear weights and
-  drops the originals, which breaks ``load_weights``; :func:`workbench.generation.vllm_cpu.keep_cpu_linear_weights`
-  is applied first (CPU only).
+* ``hf``: ``model.generate`` on the training model itself, with a generation config that keeps only the special
+  tokens (:func:`workbench.generation.backends.plain_generation`): a model that ships ``repetition_penalty``,
+  ``no_repeat_ngram_size``, ``min_length``, ``bad_words_ids`` or a ``top_k`` in its generation_config is still
+  sampled from pi itself. Always exactly on-policy.
+* ``vllm``: a colocated ``vllm.LLM`` (in this process or its own: the weights go through ``collective_rpc``, see
+  :meth:`VLLMSampler.sync_weights`), pushed every ``sync_every`` optimizer steps. On CPU, vLLM repacks Linear weights
+  and drops the originals, which breaks ``load_weights``; :func:`workbench.generation.vllm_cpu.keep_cpu_linear_weights`
+  is applied first, in the engine's process too (CPU only).
+
+**What ``sync_every`` costs.** The estimator of Eq. 1 (:mod:`workbench.losses.hypo`) is unbiased only for samples from
+the current pi_theta. With ``sync_every = s > 1``, the samples of step t come from the weights of step
+``s * floor(t / s)``, up to ``s - 1`` optimizer steps old: the term then estimates the score-function gradient under
+that older policy, a bias that grows with the learning rate and with ``s`` and that nothing here corrects (no
+importance weights). That is why the default is ``sync_every: 1`` (a push before every step's samples); larger values
+trade that bias for sync time, and the trainer says so when it starts. Even at 1, vLLM's kernels (and a bf16 engine)
+give slightly different probabilities than the trainer's forward pass; ``workbench eval reasoning`` reports that gap
+as ``sampler_logprob_gap``.
 
 **Reproducible across a resume.** A run resumed from checkpoint N must draw, from step N on, exactly what the
 uninterrupted run drew. ``hf`` samples with the global torch generator, which the trainer restores from the
@@ -24,6 +36,8 @@ same weights at the same steps as the uninterrupted run; resumed elsewhere it pu
 from __future__ import annotations
 
 import torch
+
+from workbench.generation.backends import plain_generation
 
 
 def _eos_ids(tokenizer, model) -> set[int]:
@@ -53,9 +67,12 @@ class HFSampler:
         was_training = model.training
         model.eval()
         try:
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=self.temperature,
-                                 top_p=1.0, top_k=0, max_new_tokens=self.max_new_tokens, num_return_sequences=self.k,
-                                 pad_token_id=pad)
+            # Only the special tokens survive from the model's own generation_config: no penalty, no n-gram ban,
+            # no minimum length, no top-k. Temperature, top_p=1 and top_k=0 are the only shaping.
+            with plain_generation(model, do_sample=True, temperature=self.temperature, top_p=1.0, top_k=0,
+                                  max_new_tokens=self.max_new_tokens, num_return_sequences=self.k,
+                                  pad_token_id=pad) as gen_cfg:
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
         finally:
             model.train(was_training)
         gen = out[:, width:].tolist()
@@ -82,50 +99,31 @@ class VLLMSampler:
             from workbench.generation.vllm_cpu import keep_cpu_linear_weights
 
             keep_cpu_linear_weights()
-        self.backend = VLLMBackend(model_path, backend_cfg, seed=seed)
+        self.backend = VLLMBackend(model_path, backend_cfg, seed=seed, weight_sync=True)
         self.k, self.temperature, self.max_new_tokens, self.sync_every = k, temperature, max_new_tokens, sync_every
         self.seed = seed
         self._synced_at: int | None = None
         self._step, self._micro = None, 0  # the optimizer step of the last call, and calls within it
         self.syncs = 0
 
-    def _vllm_model(self):
-        return self.backend.llm.llm_engine.model_executor.driver_worker.model_runner.model
+    def close(self) -> None:
+        self.backend.close()
 
     @torch.no_grad()
     def sync_weights(self, model) -> None:
-        """Push the policy's weights into vLLM; with PEFT, each LoRA layer's merged weight ``W + scale * B @ A``.
+        """Push the policy's full weights into every vLLM worker (:mod:`workbench.training.weight_sync`: sharded
+        parameters gathered, LoRA merged out of place so the frozen base, pi_ref, is never written).
 
-        The merge is PEFT's own, one layer at a time and out of place (``safe_merge`` builds a new tensor), and the
-        layer's original tensor is put back after the push. Merging in place and unmerging (``W + d - d``) would leave
-        rounding error in the base weights at every sync: the policy would drift with the number of syncs, and a run
-        resumed from a checkpoint (fewer syncs behind it) would no longer match the uninterrupted one."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        Through ``LLM.collective_rpc`` and the worker extension (:mod:`workbench.generation.vllm_worker`), so it works
+        with the engine in this process or in its own (as on a GPU), in buckets of at most 256 MiB. Every rank calls
+        it (the gather is a collective); each rank pushes into its own engine."""
+        from workbench.training.weight_sync import buckets, gathered, policy_weights
 
-        def vllm_name(name: str) -> str:
-            return name.removeprefix("base_model.model.").replace(".base_layer", "").replace(
-                "modules_to_save.default.", "")
+        from safetensors.torch import save
 
-        target = self._vllm_model()
-        pushed = set()
-        for layer_name, layer in model.named_modules():
-            if not isinstance(layer, BaseTunerLayer) or layer.merged:
-                continue
-            base = layer.get_base_layer()
-            originals = {n: p.data for n, p in base.named_parameters(recurse=False)}
-            layer.merge(safe_merge=True)  # new tensors: W + delta
-            try:
-                for n, p in base.named_parameters(recurse=False):
-                    target.load_weights([(vllm_name(f"{layer_name}.base_layer.{n}"), p.data)])
-                    pushed.add(f"{layer_name}.base_layer.{n}")
-            finally:
-                for n, p in base.named_parameters(recurse=False):
-                    p.data = originals[n]
-                layer.merged_adapters.clear()
-        for name, param in model.named_parameters():
-            if name in pushed or "lora_" in name or "original_module" in name:
-                continue
-            target.load_weights([(vllm_name(name), param.data)])
+        with gathered(model):
+            for bucket in buckets(policy_weights(model)):
+                self.backend.llm.collective_rpc("workbench_load_weights", args=(save(dict(bucket)),))
         self.backend.llm.reset_prefix_cache()
         self.syncs += 1
 

@@ -61,6 +61,25 @@ class DPOSection:
 
 
 @dataclass
+class ServerSection:
+    """Where ``hypo.sampler: server`` finds its vLLM server (``workbench serve``; see
+    workbench/training/server_sampler.py and recipes/hypo/gpu_qwen7b_server.yaml)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Where the trainer writes the weights it pushes. The server reads them at the same absolute path: the same node,
+    # or a filesystem both nodes mount identically (checked before training starts).
+    weights_dir: str = "runs/.weight-sync"
+    timeout: float = 600.0  # seconds for one request (a sync of one weights file, or one prompt's k samples)
+
+    def validate(self):
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be > 0 seconds")
+
+
+@dataclass
 class HyPOSection:
     """Song et al. 2024: kl_coef * KL(pi_theta || pi_ref) on k online samples per prompt (see losses/hypo.py).
 
@@ -70,17 +89,20 @@ class HyPOSection:
 
     kl_coef: float = 0.05  # the paper's lambda: the weight of the online reverse-KL term
     k: int = 2  # samples per prompt (>= 2 for the leave-one-out baseline)
-    sampler: Literal["auto", "hf", "vllm"] = "auto"
-    sync_every: int = 1  # vLLM: push weights every N optimizer steps
+    sampler: Literal["auto", "hf", "vllm", "server"] = "auto"  # server: a vLLM server elsewhere (hypo.server)
+    sync_every: int = 1  # vLLM and server: push weights every N optimizer steps
     temperature: float = 1.0  # 1.0 samples pi_theta itself; other values bias the KL estimate
     max_new_tokens: int = 64
     vllm: BackendConfig = field(default_factory=lambda: BackendConfig(backend="vllm", cpu_kv_cache_gib=1))
+    server: ServerSection = field(default_factory=ServerSection)  # sampler: server (`workbench serve` reads it too)
 
     def validate(self):
         if self.kl_coef < 0:
             raise ValueError("kl_coef must be >= 0")
         if self.k < 1:
             raise ValueError("k must be >= 1")
+        if self.sync_every < 1:
+            raise ValueError("sync_every must be >= 1")
 
 
 @dataclass
@@ -127,6 +149,12 @@ class HyPOTrainConfig(DPOTrainConfig):
     """DPO's recipe plus the `hypo` section (the online KL term)."""
 
     hypo: HyPOSection = field(default_factory=HyPOSection)
+
+    def validate(self):
+        super().validate()
+        if self.hypo.sampler == "server" and self.lora is not None and self.lora.quantization != "none":
+            raise ValueError("hypo.sampler: server needs the policy's merged weights, which a quantised base "
+                             "(lora.quantization) cannot give; use hypo.sampler: hf")
 
 
 @register_job("train", method="grpo")
@@ -234,6 +262,8 @@ def _trl_common(cfg: PolicyTrainConfig, run_dir: Path) -> dict:
     args = cfg.optim.training_args(str(run_dir / "checkpoints"), cfg.seed)
     if not cfg.optim.use_bf16():
         args["use_cpu"] = not __import__("torch").cuda.is_available()
+    if fsdp_on_cpu():  # keep the FSDP state: TrainingArguments would otherwise reset it to plain MULTI_CPU (DDP)
+        args["accelerator_config"] = {**args.get("accelerator_config", {}), "use_configured_state": True}
     return args
 
 
@@ -257,8 +287,38 @@ def _ref_model(cfg, model_kwargs_from):
                                                 trust_remote_code=cfg.trust_remote_code)
 
 
+def fsdp_on_cpu() -> bool:
+    """Turn FSDP on for CPU processes launched with an FSDP accelerate config (recipes/accelerate/fsdp_cpu_2proc.yaml).
+
+    accelerate 1.15 enables FSDP only for accelerator devices: on CPU processes its state says MULTI_CPU and the
+    model is silently wrapped in DDP (every rank holds every weight). torch's FSDP2 itself runs on CPU over gloo, so
+    the shared accelerate state is switched to FSDP before the trainer builds its Accelerator (which then reuses it).
+    Called before the model loads, so ``fsdp_cpu_ram_efficient_loading`` works as on GPUs. Returns whether it did."""
+    import os
+
+    import torch
+
+    if (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or torch.cuda.is_available()
+            or int(os.environ.get("WORLD_SIZE", "1")) < 2):
+        return False
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if AcceleratorState._shared_state.get("distributed_type") == DistributedType.FSDP:
+        return True  # done already (run() and build_trainer both ask)
+    AcceleratorState._reset_state(reset_partial_state=True)  # a state made without cpu=True: one process, no gloo
+    state = Accelerator(cpu=True).state  # MULTI_CPU over gloo: the shared state every later Accelerator reuses
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* environment
+    return True
+
+
 def build_trainer(cfg: PolicyTrainConfig, run_dir: Path):
     """The TRL trainer for the recipe (no training yet). Shared by `run` and the benchmarks."""
+    fsdp_on_cpu()
     path, model, tok = load_policy(cfg)
     peft_config = cfg.lora.peft_config() if cfg.lora is not None else None
     if cfg.method in ("dpo", "hypo"):
@@ -308,21 +368,38 @@ def build_trainer(cfg: PolicyTrainConfig, run_dir: Path):
     raise ValueError(f"unknown method {cfg.method}")
 
 
+def _warn_sync_every(cfg: HyPOTrainConfig) -> None:
+    h = cfg.hypo
+    if h.sync_every > 1:
+        print(f"[train] hypo.sync_every={h.sync_every}: online samples come from weights up to "
+              f"{h.sync_every - 1} optimizer steps old, which biases the KL gradient (no importance "
+              "correction; see workbench/training/online_samples.py). sync_every: 1 has no such bias.",
+              file=sys.stderr)
+    if cfg.optim.save_steps % h.sync_every:
+        print(f"[train] hypo.sync_every={h.sync_every} does not divide optim.save_steps="
+              f"{cfg.optim.save_steps}: a run resumed from a checkpoint redraws its online samples from "
+              "fresher weights than the uninterrupted run (see workbench/training/online_samples.py)",
+              file=sys.stderr)
+
+
 def make_sampler(cfg: HyPOTrainConfig, model_path: str, tok):
     from workbench.generation.backends import resolve_auto
     from workbench.training.online_samples import HFSampler, VLLMSampler
 
     h = cfg.hypo
+    if h.sampler == "server":  # quantised bases are refused by HyPOTrainConfig.validate
+        from workbench.training.server_sampler import ServerSampler
+
+        _warn_sync_every(cfg)
+        s = h.server
+        return ServerSampler(s.host, s.port, s.weights_dir, h.k, h.temperature, h.max_new_tokens, h.sync_every,
+                             seed=cfg.seed, timeout=s.timeout)
     kind = h.sampler if h.sampler != "auto" else resolve_auto()
     if kind == "vllm":
         if cfg.lora is not None and cfg.lora.quantization != "none":
             kind = "hf"  # vLLM cannot take merged weights from a quantised base; sample with HF instead
         else:
-            if cfg.optim.save_steps % h.sync_every:
-                print(f"[train] hypo.sync_every={h.sync_every} does not divide optim.save_steps="
-                      f"{cfg.optim.save_steps}: a run resumed from a checkpoint redraws its online samples from "
-                      "fresher weights than the uninterrupted run (see workbench/training/online_samples.py)",
-                      file=sys.stderr)
+            _warn_sync_every(cfg)
             return VLLMSampler(model_path, h.k, h.temperature, h.max_new_tokens, h.sync_every, h.vllm, seed=cfg.seed)
     return HFSampler(tok, h.k, h.temperature, h.max_new_tokens)
 
@@ -356,6 +433,11 @@ def check_inputs(cfg: PolicyTrainConfig) -> None:
         load_role_dataset(cfg.data, PREF_ROLES)
         if cfg.data.eval_path:
             load_role_dataset(cfg.data, PREF_ROLES, cfg.data.eval_path)
+        if cfg.method == "hypo" and cfg.hypo.sampler == "server" and cfg.hypo.kl_coef > 0:
+            from workbench.training.server_sampler import check_server
+
+            # Every rank probes (each its own file): a rank that fails then stops itself, none waits at a barrier.
+            check_server(cfg.hypo.server.host, cfg.hypo.server.port, cfg.hypo.server.weights_dir)
     elif cfg.method == "grpo":
         if cfg.grpo.prompts is not None:
             from workbench.generation.prompts import load_prompts
@@ -364,6 +446,23 @@ def check_inputs(cfg: PolicyTrainConfig) -> None:
         else:
             load_role_dataset(cfg.data, ("prompt", "reference"))
         cfg.grpo.reward.build()
+
+
+def dump_rank_weights(model, folder: Path, rank: int) -> None:
+    """Debug hook: write ``rank{rank}.pt`` with this rank's own part of every parameter (``shard``: its DTensor rows
+    under FSDP2, the whole tensor otherwise) and its view of the gathered whole (``full``). A collective under
+    sharding: every rank must call it."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    from workbench.training.weight_sync import gathered
+
+    shard = {n: (p.to_local() if isinstance(p, DTensor) else p).detach().clone() for n, p in model.named_parameters()}
+    with gathered(model):
+        full = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"shard": shard, "full": full, "trainable": trainable}, folder / f"rank{rank}.pt")
 
 
 def run(cfg: PolicyTrainConfig, overwrite: bool = False) -> dict:
@@ -377,7 +476,12 @@ def run(cfg: PolicyTrainConfig, overwrite: bool = False) -> dict:
     from workbench.training.callbacks import MetricsJsonlCallback, train_loss
     from workbench.training.checkpoints import CompleteCheckpointCallback, restore_counters, resume_point, train
 
-    state = PartialState()
+    import torch
+
+    fsdp_on_cpu()
+    # cpu=True on a machine without CUDA: a bare PartialState() there is one process (every rank the main one, every
+    # barrier a no-op) until the trainer rebuilds it, so both ranks would open the run folder as its owner.
+    state = PartialState(cpu=not torch.cuda.is_available())
     check_inputs(cfg)
     run_ = open_run(cfg.run_dir(), to_dict(cfg), overwrite=overwrite, quiet=not state.is_main_process)
     if run_.done:
@@ -390,12 +494,18 @@ def run(cfg: PolicyTrainConfig, overwrite: bool = False) -> dict:
     if resume and state.is_main_process:
         print(f"[train] resuming from {resume}", file=sys.stderr)
     restore_counters(trainer, resume)
-    result = train(trainer, resume)  # trainer.train, but never past max_steps on a resume
+    try:
+        result = train(trainer, resume)  # trainer.train, but never past max_steps on a resume
+    finally:
+        if hasattr(getattr(trainer, "sampler", None), "close"):
+            trainer.sampler.close()  # HyPO's vLLM engine: its processes end with training, not at exit
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     metrics["train_loss"] = train_loss(trainer.state)  # transformers' counts only this process's steps
     logged = [h for h in trainer.state.log_history if "loss" in h]
     if logged:
         metrics.update({k: v for k, v in logged[-1].items() if isinstance(v, (int, float))})
+    if os.environ.get("WORKBENCH_DEBUG_RANK_WEIGHTS"):  # tests/test_fsdp_cpu.py: what each rank holds at the end
+        dump_rank_weights(trainer.model, Path(os.environ["WORKBENCH_DEBUG_RANK_WEIGHTS"]), state.process_index)
     # The model folder appears whole or not at all: written beside it, then renamed (a kill mid-save leaves only the
     # temp folder, which the rerun replaces). The name is fixed, not per-process, because every rank saves into it.
     out, tmp = run_.path / "model", run_.path / ".model.tmp-save"

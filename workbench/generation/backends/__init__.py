@@ -47,13 +47,13 @@ for _m in _pkgutil.iter_modules(__path__):
         _importlib.import_module(f"{__name__}.{_m.name}")  # each registers its backend (heavy imports stay lazy)
 
 from workbench.generation.backends.fake import FakeBackend  # noqa: E402
-from workbench.generation.backends.hf import HFBackend, first_stop, plain_generation_config  # noqa: E402
+from workbench.generation.backends.hf import HFBackend, first_stop, plain_generation  # noqa: E402
 from workbench.generation.backends.vllm import VLLMBackend  # noqa: E402
 
 assert set(BACKENDS) == set(NAMES), (BACKENDS, NAMES)  # every module registered its backend under its own name
 
 __all__ = ["SamplingConfig", "BackendConfig", "Completion", "GenerationBackend", "make_backend", "vllm_available",
-           "render_prompts", "tokenize_prompts", "derive_seed", "plain_generation_config", "register_backend",
+           "render_prompts", "tokenize_prompts", "derive_seed", "plain_generation", "register_backend",
            "BACKENDS", "NAMES", "resolve_auto", "VLLMBackend", "HFBackend", "FakeBackend", "first_stop", "_on_cpu"]
 
 

@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 from workbench.generation.backends.base import (BackendConfig, Completion, SamplingConfig, _on_cpu, derive_seed,
                                                 register_backend, render_prompts, tokenize_prompts)
 
 
-def plain_generation_config(model, **settings):
-    """A ``GenerationConfig`` that keeps only the model's special-token ids: none of the processors a model may ship
-    in its generation_config (repetition_penalty, no_repeat_ngram_size, min_length, bad_words_ids, top_k ...), so
-    ``generate`` samples the model's own distribution, shaped only by ``settings``."""
+@contextlib.contextmanager
+def plain_generation(model, **settings):
+    """Yield a ``GenerationConfig`` of exactly ``settings`` (plus the model's special-token ids) under which ``generate``
+    samples the model's own distribution: none of the processors a model may ship in its generation_config
+    (repetition_penalty, no_repeat_ngram_size, min_length, bad_words_ids, suppress_tokens, top_k ...).
+
+    Passing a config is not enough: ``generate`` fills every field the passed config leaves unset (None) from
+    ``model.generation_config`` (transformers' ``_prepare_generation_config``), so a shipped ``repetition_penalty``
+    would come back. For the duration, the generating model's own config is replaced by one that holds only the
+    special tokens, then restored; the global defaults that fill the rest are all neutral but ``top_k=50``, which a
+    sampling caller sets to 0.
+    """
     from transformers import GenerationConfig
 
-    own = model.generation_config
-    ids = {k: getattr(own, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")}
-    return GenerationConfig(**{k: v for k, v in ids.items() if v is not None}, **settings)
+    target = model
+    while hasattr(target, "get_base_model"):  # PEFT: the wrapped transformers model is the one that generates
+        target = target.get_base_model()
+    own = target.generation_config
+    special = {k: getattr(own, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id",
+                                                   "decoder_start_token_id")}
+    special = {k: v for k, v in special.items() if v is not None}
+    target.generation_config = GenerationConfig(**special)
+    try:
+        yield GenerationConfig(**{**special, **settings})
+    finally:
+        target.generation_config = own
 
 
 def first_stop(tokenizer, ids: list[int], stops: Sequence[str]) -> int | None:
@@ -95,20 +113,20 @@ class HFBackend:
             enc = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
             torch.manual_seed(derive_seed(seed, b))
             if sampling.temperature > 0:
-                gen_cfg = plain_generation_config(self.model, do_sample=True, temperature=sampling.temperature,
-                                                  top_p=sampling.top_p, top_k=0, num_return_sequences=sampling.n)
+                settings = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                                num_return_sequences=sampling.n)
             else:
                 # Greedy allows no num_return_sequences > 1: repeat each prompt n times instead (same row layout).
-                gen_cfg = plain_generation_config(self.model, do_sample=False, num_return_sequences=1)
+                settings = dict(do_sample=False, num_return_sequences=1)
                 enc = {k: v.repeat_interleave(sampling.n, dim=0) for k, v in enc.items()}
-            gen_cfg.update(max_new_tokens=sampling.max_tokens, pad_token_id=pad, output_logits=True,
-                           return_dict_in_generate=True)
+            settings.update(max_new_tokens=sampling.max_tokens, pad_token_id=pad, output_logits=True,
+                            return_dict_in_generate=True)
             extra = {}
             if sampling.stop:  # only to stop early: where y ends is decided below, the same way for every row
                 from transformers import StopStringCriteria, StoppingCriteriaList
 
                 extra["stopping_criteria"] = StoppingCriteriaList([StopStringCriteria(self._tok, sampling.stop)])
-            with torch.no_grad():
+            with torch.no_grad(), plain_generation(self.model, **settings) as gen_cfg:
                 out = self.model.generate(**enc, generation_config=gen_cfg, **extra)
             gen = out.sequences[:, width:]  # (B*n, T)
             logits = torch.stack(out.logits, dim=1).float()  # (B*n, T, V) raw, before temperature/top-p

@@ -14,7 +14,10 @@ from workbench.generation.backends.base import (BackendConfig, Completion, Sampl
 @register_backend("vllm")
 class VLLMBackend:
 
-    def __init__(self, model_path: str, cfg: BackendConfig, seed: int = 0, model_name: str | None = None):
+    def __init__(self, model_path: str, cfg: BackendConfig, seed: int = 0, model_name: str | None = None,
+                 weight_sync: bool = False):
+        """``weight_sync``: mix :class:`workbench.generation.vllm_worker.WeightSyncExtension` into vLLM's workers, so
+        that a trainer can push weights with ``llm.collective_rpc`` whether the engine runs in this process or not."""
         cpu = _on_cpu()
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's INFO lines drown the progress bars
         if cpu:
@@ -32,6 +35,10 @@ class VLLMBackend:
                       trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype, generation_config="vllm")
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
+        if weight_sync:
+            from workbench.generation.vllm_worker import EXTENSION
+
+            kwargs["worker_extension_cls"] = EXTENSION
         if not cpu:
             kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size,
                           gpu_memory_utilization=cfg.gpu_memory_utilization)
@@ -55,6 +62,12 @@ class VLLMBackend:
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
         self.seed, self._calls = seed, 0
+
+    def close(self) -> None:
+        """Stop the engine now (with the engine out of process: its processes exit), not whenever GC runs."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
 
     @property
     def tokenizer(self):
