@@ -68,3 +68,23 @@ def run_cli(*args, cwd=REPO, check=True, env=None, timeout=600) -> subprocess.Co
         raise AssertionError(f"workbench {' '.join(map(str, args))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
     return proc
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request, monkeypatch):
+    """One torch/OpenMP thread for every test but the ``slow`` ones (which load the real default models), in this
+    process and in the CLI processes it starts (OMP_NUM_THREADS is inherited). On the toy and tiny models every op is
+    far too small to split, and on a shared 2-core machine two OpenMP threads spin against the other jobs: a tiny-llama
+    DPO step took 5 s with two threads and 60 ms with one at load 5; the HyPO oracle test went from 114 s to 24 s.
+    No test compares against floats saved from another thread count: they compare with oracles or with a second run
+    under the same setting."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

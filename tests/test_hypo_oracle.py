@@ -95,7 +95,6 @@ def _k3_grad(model, ref_model, prompts, samples):
     return _flat_grad(model)
 
 
-@pytest.mark.slow
 def test_online_gradient_matches_the_enumerated_reverse_kl_gradient(tmp_path, models):
     policy, ref = models
     torch.manual_seed(0)

@@ -80,7 +80,6 @@ def _eval(tmp_path, backend, policy, ref, n_kl):
     return json.loads((out / "results.json").read_text())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=[needs_vllm, pytest.mark.vllm])])
 def test_kl_estimate_is_within_3_se_of_the_enumerated_kl(tmp_path, toy_pair, backend):
     policy, ref = toy_pair

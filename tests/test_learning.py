@@ -32,16 +32,6 @@ from workbench.training.embedding import LOSS_NAMES
 EOS = toy.EOS  # the toy's EOS id; completions end at EOS or after toy.MAX_TOKENS tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine the threads wait for each other: one HyPO
-    run here took 20 s with torch's 2 threads and 6 s with 1 (same numbers). Restored for the tests after these."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------------- oracles
 
 

@@ -33,6 +33,28 @@ def completion_logps(model, prompts: list[list[int]], completions: list[list[lis
     return sequence_logps(model, flat_prompts, flat, pad_id).view(len(prompts), k)  # (B, k)
 
 
+@contextlib.contextmanager
+def sharded_generation(model: torch.nn.Module):
+    """HF ``generate`` on an FSDP2-sharded policy (a no-op context otherwise).
+
+    Each wrapped layer gathers its shards in its own forward hook, as in training, and the ranks decode in step
+    (``fully_shard`` marks every module it manages ``_is_fsdp_managed_module``, so ``generate`` turns ``synced_gpus``
+    on by itself). What breaks is PEFT: its ``generate`` calls the base model's, past the root module's forward hook, so
+    the parameters the root FSDP group holds itself (whatever no wrapped submodule owns: with layer-only wrapping, the
+    embeddings) would stay shards ("mixed torch.Tensor and DTensor"). The root group alone is gathered for the
+    duration. FSDP1 (which would need ``summon_full_params``) is not supported here."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()  # the root group only (FSDPModule.unshard does not recurse)
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
 class HyPOTrainer(DPOTrainer):
     def __init__(self, *args, kl_coef: float, sampler, **kwargs):
         super().__init__(*args, **kwargs)
@@ -75,7 +97,8 @@ class HyPOTrainer(DPOTrainer):
         prompts = self.batch_prompts(inputs)
         unwrapped = self.accelerator.unwrap_model(model)
         t0 = time.perf_counter()
-        samples = self.sampler.sample(unwrapped, prompts, self.state.global_step)  # B x k token lists
+        with sharded_generation(unwrapped):  # FSDP2: the root group's weights whole
+            samples = self.sampler.sample(unwrapped, prompts, self.state.global_step)  # B x k token lists
         self._gen_seconds += time.perf_counter() - t0
         pad = self.processing_class.pad_token_id
         pad = pad if pad is not None else self.processing_class.eos_token_id

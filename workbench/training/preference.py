@@ -311,7 +311,9 @@ def fsdp_on_cpu() -> bool:
     state = Accelerator(cpu=True).state  # MULTI_CPU over gloo: the shared state every later Accelerator reuses
     if state.distributed_type != DistributedType.MULTI_CPU:
         return False
-    state.distributed_type = DistributedType.FSDP
+    from accelerate import PartialState
+
+    state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate does
     state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* environment
     return True
 
