@@ -26,7 +26,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from conftest import REPO
