@@ -86,7 +86,7 @@ def test_a_new_record_without_a_section_fails_the_check(copy):
 def test_every_committed_record_states_how_it_was_measured(path):
     rec = json.loads(path.read_text())
     assert rec["name"] == path.stem
-    assert rec["command"].startswith("python benchmarks/")
+    assert re.match(r"python (benchmarks|scripts)/", rec["command"]), rec["command"]  # the script that measured it
     assert re.fullmatch(r"[0-9a-f]{40}", rec["git"]["commit"]) and isinstance(rec["git"]["dirty"], bool)
     m = rec["machine"]
     assert m["cpu_model"] and m["cpu_count"] >= 1 and m["ram_gib"] > 0 and m["platform"]
