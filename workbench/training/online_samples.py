@@ -88,7 +88,34 @@ class HFSampler:
         return result
 
 
-class VLLMSampler:
+class SyncedSampler:
+    """What the vLLM samplers share: when to push weights, and each request's seed.
+
+    The weights are pushed on the first call and whenever ``step // sync_every`` moves on (a schedule fixed by the
+    step, so a resumed run pushes at the same steps). Gradient accumulation calls ``sample`` several times per
+    optimizer step: the micro-batch index keeps their seeds apart (a resume starts at a step boundary, so it counts the
+    same way); so does the rank. Subclasses set ``seed`` and ``sync_every`` and define ``sync_weights(model)``."""
+
+    seed: int
+    sync_every: int
+    _synced_at: int | None = None
+    _step: int | None = None
+    _micro: int = 0
+
+    def request_seeds(self, model, n_prompts: int, step: int) -> list[int]:
+        """Sync if the schedule says so, then one seed per prompt: ``derive_seed(seed, step, micro, rank, i)``."""
+        from workbench.generation.backends import derive_seed
+
+        if self._synced_at is None or step // self.sync_every > self._synced_at // self.sync_every:
+            self.sync_weights(model)
+            self._synced_at = step
+        self._micro = self._micro + 1 if step == self._step else 0
+        self._step = step
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        return [derive_seed(self.seed, step, self._micro, rank, i) for i in range(n_prompts)]
+
+
+class VLLMSampler(SyncedSampler):
     name = "vllm"
 
     def __init__(self, model_path: str, k: int, temperature: float, max_new_tokens: int, sync_every: int,
@@ -130,18 +157,9 @@ class VLLMSampler:
     def sample(self, model, prompts: list[list[int]], step: int) -> list[list[list[int]]]:
         from vllm import SamplingParams
 
-        from workbench.generation.backends import derive_seed
-
-        if self._synced_at is None or step // self.sync_every > self._synced_at // self.sync_every:
-            self.sync_weights(model)
-            self._synced_at = step
-        # Gradient accumulation calls this several times per optimizer step: the micro-batch index keeps their
-        # seeds apart (a resume starts at a step boundary, so it counts the same way); so does the rank.
-        self._micro = self._micro + 1 if step == self._step else 0
-        self._step = step
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        seeds = self.request_seeds(model, len(prompts), step)
         # One request per prompt, each with its own seed (its k samples are vLLM's child requests seed, seed+1 ...).
         params = [SamplingParams(n=self.k, temperature=self.temperature, top_p=1.0, max_tokens=self.max_new_tokens,
-                                 seed=derive_seed(self.seed, step, self._micro, rank, i)) for i in range(len(prompts))]
+                                 seed=seed) for seed in seeds]
         outs = self.backend.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [[list(c.token_ids) or [0] for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]

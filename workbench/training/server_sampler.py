@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.training.online_samples import SyncedSampler
 
 HOW_TO_START = ("start it on that node with `workbench serve --config <this recipe>` (see "
                 "recipes/hypo/gpu_qwen7b_server.yaml)")
@@ -100,7 +101,7 @@ def check_server(host: str, port: int, weights_dir: str, timeout: float = 10.0) 
                              "another folder of that name; weights_dir must be one folder both nodes share")
 
 
-class ServerSampler:
+class ServerSampler(SyncedSampler):
     name = "server"
 
     def __init__(self, host: str, port: int, weights_dir: str, k: int, temperature: float, max_new_tokens: int,
@@ -180,14 +181,5 @@ class ServerSampler:
             return list(pool.map(one, prompts, seeds))
 
     def sample(self, model, prompts: list[list[int]], step: int) -> list[list[list[int]]]:
-        from workbench.generation.backends import derive_seed
-
-        if self._synced_at is None or step // self.sync_every > self._synced_at // self.sync_every:
-            self.sync_weights(model)
-            self._synced_at = step
-        # As VLLMSampler: the micro-batch index and the rank keep the seeds of one step's calls apart.
-        self._micro = self._micro + 1 if step == self._step else 0
-        self._step = step
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        seeds = [derive_seed(self.seed, step, self._micro, rank, i) for i in range(len(prompts))]
+        seeds = self.request_seeds(model, len(prompts), step)  # the schedule and seeds of VLLMSampler
         return [[c["token_ids"] or [0] for c in row] for row in self.complete(prompts, seeds)]
