@@ -151,10 +151,12 @@ runpy.run_module("workbench", run_name="__main__", alter_sys=True)
 """
 
 
-def _run_child(args: Sequence, root: Path, extra_env: dict, cwd, env, timeout_s) -> subprocess.CompletedProcess:
+def _run_child(args: Sequence, root: Path, extra_env: dict, cwd, env, timeout_s,
+               script: str = _CHILD) -> subprocess.CompletedProcess:
+    """``script`` (one of the instrumented child programs) running the CLI with ``args`` in its own process group."""
     err, err_path = _stderr_file()
     with err:
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD, *map(str, args)], cwd=cwd,
+        proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=cwd,
                                 env={**os.environ, **(env or {}), "WB_KILL_ROOT": str(root), **extra_env},
                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         try:
@@ -162,6 +164,20 @@ def _run_child(args: Sequence, root: Path, extra_env: dict, cwd, env, timeout_s)
         finally:
             _killpg(proc)
     return subprocess.CompletedProcess(args, proc.returncode, "", _read(err_path))
+
+
+def _record_log(args: Sequence, root: Path, cwd, env, timeout_s, script: str) -> list[str]:
+    """Run ``script`` to the end (the command must succeed) and return the lines it logged (WB_KILL_LOG)."""
+    fd, log = tempfile.mkstemp(prefix="workbench-kill-log-")
+    os.close(fd)
+    try:
+        proc = _run_child(args, root, {"WB_KILL_LOG": log}, cwd, env, timeout_s, script)
+        if proc.returncode != 0:
+            raise AssertionError(f"`workbench {' '.join(map(str, args))}` exited {proc.returncode}\n"
+                                 f"{proc.stderr[-5000:]}")
+        return Path(log).read_text().splitlines()
+    finally:
+        os.unlink(log)
 
 
 def kill_on_commit(args: Sequence, root: str | Path, path: str, *, before: bool = False, may_finish: bool = False,
@@ -184,16 +200,7 @@ def kill_on_commit(args: Sequence, root: str | Path, path: str, *, before: bool 
 def record_commits(args: Sequence, root: str | Path, *, cwd=REPO, env: dict | None = None,
                    timeout_s: float = SAFETY_TIMEOUT_S) -> list[str]:
     """Run the CLI with ``args`` to the end (it must succeed); the files it committed under ``root``, in order."""
-    fd, log = tempfile.mkstemp(prefix="workbench-commits-")
-    os.close(fd)
-    try:
-        proc = _run_child(args, Path(root), {"WB_KILL_LOG": log}, cwd, env, timeout_s)
-        if proc.returncode != 0:
-            raise AssertionError(f"`workbench {' '.join(map(str, args))}` exited {proc.returncode}\n"
-                                 f"{proc.stderr[-5000:]}")
-        return Path(log).read_text().splitlines()
-    finally:
-        os.unlink(log)
+    return _record_log(args, Path(root), cwd, env, timeout_s, _CHILD)
 
 
 def run_to_end(args: Sequence, **kw) -> subprocess.CompletedProcess:
@@ -324,34 +331,12 @@ runpy.run_module("workbench", run_name="__main__", alter_sys=True)
 """
 
 
-def _run_events_child(args: Sequence, root: Path, extra_env: dict, cwd, env, timeout_s) -> subprocess.CompletedProcess:
-    err, err_path = _stderr_file()
-    with err:
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD_EVENTS, *map(str, args)], cwd=cwd,
-                                env={**os.environ, **(env or {}), "WB_KILL_ROOT": str(root), **extra_env},
-                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        try:
-            proc.wait(timeout=timeout_s)
-        finally:
-            _killpg(proc)
-    return subprocess.CompletedProcess(args, proc.returncode, "", _read(err_path))
-
-
 def record_events(args: Sequence, root: str | Path, *, cwd=REPO, env: dict | None = None,
                   timeout_s: float = SAFETY_TIMEOUT_S) -> list[str]:
     """Run the CLI to the end (it must succeed); its file events under ``root`` in order: ``"open <path>"`` just
     before a file is opened for writing/appending, ``"commit <path>"`` just after an ``os.replace`` onto it (temp
     names as ``.<name>.tmp-*``)."""
-    fd, log = tempfile.mkstemp(prefix="workbench-events-")
-    os.close(fd)
-    try:
-        proc = _run_events_child(args, Path(root), {"WB_KILL_LOG": log}, cwd, env, timeout_s)
-        if proc.returncode != 0:
-            raise AssertionError(f"`workbench {' '.join(map(str, args))}` exited {proc.returncode}\n"
-                                 f"{proc.stderr[-5000:]}")
-        return Path(log).read_text().splitlines()
-    finally:
-        os.unlink(log)
+    return _record_log(args, Path(root), cwd, env, timeout_s, _CHILD_EVENTS)
 
 
 def kill_on_event(args: Sequence, root: str | Path, index: int, expect: str = "", *, cwd=REPO,
@@ -360,8 +345,8 @@ def kill_on_event(args: Sequence, root: str | Path, index: int, expect: str = ""
     numbers them), i.e. before that file is opened or right after it is committed. With ``expect`` (that event in
     the uninterrupted run) it fails if the event differs: the run diverged before the kill."""
     moment = f"event {index} ({expect or '?'})"
-    proc = _run_events_child(args, Path(root), {"WB_KILL_EVENT": str(index), "WB_KILL_EXPECT": expect}, cwd, env,
-                             timeout_s)
+    proc = _run_child(args, Path(root), {"WB_KILL_EVENT": str(index), "WB_KILL_EXPECT": expect}, cwd, env,
+                      timeout_s, _CHILD_EVENTS)
     if proc.returncode != -signal.SIGKILL:
         raise _fail_exited(args, proc.returncode, moment, proc.stderr)
     return Killed(moment, proc.stderr)
