@@ -90,6 +90,9 @@ def test_tiny_recipe_runs_and_metrics_match_pytrec_eval_on_the_run_file(tmp_path
         rows.sort()
         assert [r for r, _, _ in rows] == list(range(1, len(rows) + 1))
         assert all(a[2] >= b[2] for a, b in zip(rows, rows[1:]))
+        # Precondition of the MRR check below (file ranks vs trec_eval's order): no tied scores, whose order would be
+        # the tie-break's. A random encoder's scores lie close together; the file must still tell them apart.
+        assert len({s for _, _, s in rows}) == len(rows), f"precondition: tied scores for {q}: {rows}"
     qrels = read_qrels(BEIR_TINY / "qrels" / "test.tsv")
     ev = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.1,3,5,10,100", "recall.10,100", "map_cut.100", "P.10"})
     ref = ev.evaluate(run)
@@ -147,6 +150,10 @@ def test_hf_pooling_matches_sentence_transformers_and_cls_by_hand(tiny_bert):
     # padding counted, no normalisation) moves components by > 1e-2.
     np.testing.assert_allclose(hf.encode_corpus(texts), st.encode_corpus(texts), atol=1e-5)
     cls = HFEncoder(tiny_bert, pooling="cls", normalize=False, show_progress=False, device="cpu")
+    # Precondition: the check above can fail: on this model another pooling gives other vectors (not a given for a
+    # random encoder whose token states might all be alike).
+    c = cls.encode_corpus(texts)
+    assert np.abs(c / np.linalg.norm(c, axis=1, keepdims=True) - st.encode_corpus(texts)).max() > 1e-2
     tok, model = AutoTokenizer.from_pretrained(tiny_bert), AutoModel.from_pretrained(tiny_bert).eval()
     with torch.no_grad():
         h0 = model(**tok(texts[1], return_tensors="pt")).last_hidden_state[0, 0].numpy()
@@ -193,6 +200,14 @@ def test_faiss_backend_or_a_clear_error_without_it(tmp_path, monkeypatch, home, 
             retrieval.run(cfg_for(tmp_path, "nf", model__name=tiny_bert, search__backend="faiss"))
     pytest.importorskip("faiss")
     exact = retrieval.run(cfg_for(tmp_path, "ex", model__name=tiny_bert))
+    # Precondition: faiss and numpy sum each float32 score in their own order; for unit vectors of 32 dimensions each
+    # is exact to 32 * 2^-24 = 1.9e-6 (see the chunked-search test above), so the rankings must agree only where no
+    # two of a query's scores are within twice that. A random encoder puts every score near 1: check the gaps rather
+    # than assume them (tiny-bert's closest pair here is 6.6e-6 apart).
+    tol = 2 * 32 * 2.0 ** -24
+    for q, docs in M.read_trec_run(tmp_path / "ex" / "run.trec").items():
+        gap = np.diff(sorted(docs.values())).min()
+        assert gap > tol, f"precondition: two of {q}'s scores are {gap} apart, too close to compare two backends"
     flat = retrieval.run(cfg_for(tmp_path, "ff", model__name=tiny_bert, search__backend="faiss"))
     # Metrics depend only on each query's ranking. A swap of two judged documents changes some metric by at least
     # ~1e-3 on this fixture; 1e-9 therefore means "the same rankings", with room for float sums of the means.
@@ -398,6 +413,7 @@ def test_promptreps_representations_equal_a_hand_computation(tiny_llama):
         assert ids[0].tolist() == enc.prompt_ids(text, "passage")  # pieces tokenised apart == the whole prompt
         with torch.no_grad():
             out = model(input_ids=ids, output_hidden_states=True)
+        assert out.logits[0, -1].abs().max() < 10, "precondition of the 1e-5 tolerance below: |logit| < 10"
         h = out.hidden_states[-1][0, -1]  # final-layer state of the last prompt token
         # dense = normalised h_t. A unit vector from a left-padded batch vs one unpadded row, float32: attention over
         # padding is masked but summation orders differ; ~2 layers x 64-wide sums of 2^-24 roundings: < 1e-5.
@@ -410,6 +426,9 @@ def test_promptreps_representations_equal_a_hand_computation(tiny_llama):
             words = {"smoking", "damages", "lung", "tissue", "causes", "cancer", "adults"}
             allowed = {t for word in words for t in tok.encode(word, add_special_tokens=False)}
         else:  # only stopwords: the authors' fallback, the 10 largest weights over the vocabulary
+            top = np.sort(w)[::-1]
+            # precondition: the 10th and 11th weights far apart (~1e-6 noise), or "the 10 largest" is a coin toss
+            assert top[9] - top[10] > 1e-5, f"precondition: 10th and 11th sparse weights tie: {top[:12]}"
             allowed = set(np.argsort(-w)[:10].tolist())
         want = np.zeros_like(w)
         for t in allowed:
@@ -508,9 +527,16 @@ def test_promptreps_hybrid_fuses_the_deep_lists_then_cuts_to_top_k(tmp_path, hom
         return out
 
     deep, shallow = fuse(1000), fuse(100)
-    # float32 dot products (torch in the job, numpy here) agree to ~1e-6 relative; min-max divides by the score
-    # range, which for this random tiny model can be ~1e-2 wide: 1e-4 absolute bounds the fused difference.
+    # float32 dot products (torch in the job, numpy here) differ by summation order only, ~sqrt(n) * 2^-24 relative
+    # for n-term sums; min-max divides that by the list's score range, which for a random tiny model is narrow
+    # (tiny-llama's dense cosines here span ~0.009 just below 1). Precondition of tol: the fused error this gives,
+    # 0.5 * sqrt(n) * 2^-24 * max|s| / range, stays under tol / 3 for every list.
     tol = 1e-4
+    for qi in range(len(queries)):
+        for name, s, n in (("dense", dense[qi], c_dense.shape[1]),
+                           ("sparse", sparse[qi][sparse[qi] > 0], c_sparse.shape[1])):
+            err = 0.5 * math.sqrt(n) * 2.0 ** -24 * np.abs(s).max() / (s.max() - s.min())
+            assert err < tol / 3, f"precondition: query {qi}'s {name} scores span too little for tol: error {err}"
     for qi, q in enumerate(queries):
         got = hybrid[q]
         for d, v in got.items():

@@ -23,6 +23,7 @@ from conftest import REPO
 
 PROMPTS = [[3, 4], [4, 4]]  # "a b", "b b"
 N_BATCHES = 60
+PERTURBATION = 0.4  # sd of the noise added to pi_ref's LM head (see the models fixture)
 K = 16  # many samples per batch: the RLOO estimator's variance falls as 1/K, at little extra cost per batch
 
 
@@ -35,9 +36,12 @@ def models(tmp_path_factory):
     policy = resolve_model("toy-llama")
     ref = tmp_path_factory.mktemp("toy_ref")
     model = AutoModelForCausalLM.from_pretrained(policy)
+    # The k3 control needs grad KL(pi_ref || pi) far from grad KL(pi || pi_ref), and the two differ only at second
+    # order in the perturbation: 0.4 * N(0, 1) per weight puts them ~29 Monte Carlo errors apart on this toy
+    # (0.2 gave 7.8, too close; measured over the 60 batches). The test checks that precondition before the control.
     gen = torch.Generator().manual_seed(4)
     with torch.no_grad():
-        model.lm_head.weight.add_(0.2 * torch.randn(model.lm_head.weight.shape, generator=gen))
+        model.lm_head.weight.add_(PERTURBATION * torch.randn(model.lm_head.weight.shape, generator=gen))
     model.save_pretrained(ref)
     AutoTokenizer.from_pretrained(policy).save_pretrained(ref)
     return policy, str(ref)
@@ -117,6 +121,12 @@ def test_online_gradient_matches_the_enumerated_reverse_kl_gradient(tmp_path, mo
     mc = g.var(dim=0).sum().item() / N_BATCHES  # estimated E||mean - truth||^2
     mc3 = g3.var(dim=0).sum().item() / N_BATCHES
     err = (g.mean(0) - exact_rev).pow(2).sum().item()
+    # Precondition of the k3 control below: the exact reverse- and forward-KL gradients are far apart. k3's mean lies
+    # within sqrt(3 mc3) of the forward one (checked last), so it is at least 10 max(mc, mc3) from the reverse one
+    # whenever the exact gap is (sqrt(10) + sqrt(3))^2 = 24 times that.
+    gap = (exact_fwd - exact_rev).pow(2).sum().item()
+    assert gap > 24 * max(mc, mc3), (f"precondition: the reverse- and forward-KL gradients are {gap:.3g} apart, under "
+                                     f"24 x {max(mc, mc3):.3g}: perturb pi_ref more (PERTURBATION)")
     assert err < 3 * mc, (err, mc)
     # The controls this test must be able to see: no online term at all, and the k3 estimator.
     assert exact_rev.pow(2).sum().item() > 10 * mc

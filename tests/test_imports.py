@@ -4,7 +4,8 @@ The graph is read with `ast` from every module of the two packages, counting imp
 functions too: a lazy import is still a dependency). Layers, lowest first (a module may import its own layer and
 those below):
 
-    0 base           workbench (package), config, errors, models, tiny_models, logprobs, store.*, losses.*
+    0 base           workbench (package), config, errors, models, tiny_models, logprobs, store.*, losses.*,
+                     time_limit
     1 generation     workbench.generation.*
     2 verifiers      workbench.verifiers.*
     3 data           workbench.data.*
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 LAYERS = [
     ("base", ("workbench", "workbench.config", "workbench.errors", "workbench.models", "workbench.tiny_models",
-              "workbench.logprobs", "workbench.store", "workbench.losses")),
+              "workbench.logprobs", "workbench.store", "workbench.losses", "workbench.time_limit")),
     ("generation", ("workbench.generation",)),
     ("verifiers", ("workbench.verifiers",)),
     ("data", ("workbench.data",)),

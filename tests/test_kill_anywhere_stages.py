@@ -231,7 +231,10 @@ def test_lists_killed_anywhere(tmp_path, tiny_bert):
     """Calibration (judged/ shards, calibration.json/.md/.png), dual consistency (consistency.json), mined negatives
     (a corpus-embedding cache) and the lists shards: killed right before or after a random one of those commits, it
     ends with the uninterrupted rows, reports and counts."""
+    from test_lists_job import assert_minable
+
     make_documents(tmp_path / "docs")
+    assert_minable(shards.read_rows(tmp_path / "docs" / "documents"), tiny_bert)  # 2 negatives per query to mine
     recipe = write_recipe(tmp_path / "lists.yaml", {
         "job": "lists", "run_name": "kill-lists", "input_dir": str(tmp_path / "docs"), "embedding_model": "tiny-bert",
         "calibration": {"enabled": True, "grader": "test_kill_anywhere_stages:scripted_grader", "batch_size": 3,

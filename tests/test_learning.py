@@ -100,9 +100,10 @@ def test_dpo_raises_the_margin_of_chosen_over_rejected(tmp_path):
     no ref_model is given). Since pi_ref is the starting policy the margin starts at exactly 0, and it equals
     beta * (the log-ratio's gain): the two assertions check one quantity through two formulas.
 
-    Observed (seed 0): the log-ratio gains 5.1 nats on the worst pair (9.4 on average), the margin 0.94 on average.
-    The control (learning_rate 0, run here) gives exactly 0. A sign-flipped DPO loss (tried by hand) lowers every
-    log-ratio instead. Thresholds: 1 nat per pair, 0.2 mean margin -- a fifth of what learning gives.
+    Observed (seed 0, toy build v2): the log-ratio gains 4.0 nats on the worst pair (6.8 on average), the margin
+    0.68 on average (the first toy: 5.1, 9.4, 0.94). The control (learning_rate 0, run here) gives exactly 0. A
+    sign-flipped DPO loss (tried by hand) lowers every log-ratio instead. Thresholds: 1 nat per pair, 0.2 mean
+    margin -- under a third of what learning gives.
 
     Would still pass: DPO with a wrong beta, a reference that drifts with the policy, or plain SFT on the chosen
     completions (all push chosen above rejected here); those are the exact-loss tests' job
@@ -158,8 +159,9 @@ def test_hypo_kl_term_pulls_a_perturbed_policy_back_to_its_reference(tmp_path):
     samples per prompt of at most 3 tokens: exactly the completions the oracle enumerates, so the KL measured is the
     one being optimised.
 
-    Observed, the exact KL summed over the 4 prompts: 3.26 nats before; after/before = 0.27, 0.37, 0.25 for training
-    seeds 0, 1, 2 (the spread is the online samples'; with k = 32 it was 0.13-0.39 in 20 steps). A sign flip of the
+    Observed, the exact KL summed over the 4 prompts: 1.94 nats before, after/before = 0.03 (seed 0, toy build v2);
+    on the first toy 3.26 nats and 0.27, 0.37, 0.25 for training seeds 0, 1, 2 (the spread is the online
+    samples'; with k = 32 it was 0.13-0.39 in 20 steps). A sign flip of the
     online term (tried by hand) raises the KL instead, and a no-op leaves it exactly equal. Threshold: ratio < 0.6.
     The learning rate is the recipe's 1e-3: at 2e-3 AdamW's first, sign-like steps overshoot on this sensitive toy
     (the KL rose for every seed, even with k = 128), so more steps rather than larger ones.
@@ -206,7 +208,8 @@ def test_hypo_kl_term_pulls_a_perturbed_policy_back_to_its_reference(tmp_path):
 # ----------------------------------------------------------------------------------------------- GRPO
 
 DIGITS = ["<|endoftext|>", "<|im_end|>", "<pad>", "3", "4", "5"]
-GRPO_ROWS = [{"question": "3 4", "answer": "5"}, {"question": "5 5", "answer": "3"}]
+GRPO_QUESTIONS = ["3 4", "5 5"]
+GRPO_START = (0.05, 0.6)  # each prompt's expected reward before training: seen by GRPO's groups, room to rise 0.2
 
 
 @pytest.fixture(scope="module")
@@ -229,17 +232,23 @@ def digit_toy(tmp_path_factory):
 
 
 def test_grpo_raises_the_expected_reward(tmp_path, digit_toy):
-    """GRPO (TRL, via the tiny recipe: math verifier as reward) on two prompts whose targets differ ("3 4" -> 5,
-    "5 5" -> 3) raises each prompt's exact expected reward.
+    """GRPO (TRL, via the tiny recipe: math verifier as reward) on two prompts whose targets differ raises each
+    prompt's exact expected reward.
+
+    Each target is chosen from the toy's own distribution: the digit whose expected reward before training is
+    closest to 0.25 (the second prompt's among the digits the first did not take). A fixed target can be one the
+    toy almost never ends with (one build gave 0.003 for "3 4" -> 5): GRPO's groups of 8 then never see a reward and
+    nothing can rise. Precondition, checked: both start inside GRPO_START.
 
     Expected reward = sum over all 156 completions y of pi(y | x) * reward(y), where reward is the very function the
     trainer calls (workbench.training.rewards.verifier_reward over the math verifier) on the text TRL decodes
     (skip_special_tokens). It is first checked against its plain meaning, computed here: 1 iff the last digit the
     completion emits is the target. Exact, so no sampling noise; what is random is TRL's sampling during training.
 
-    Observed (10 steps), before 0.121 and 0.040; after 0.97 / 0.52 (seed 0), 0.68 / 0.56 (seed 1), 0.54 / 0.36
-    (seed 2). Threshold: each prompt rises by 0.2 (the smallest rise seen was 0.32). A no-op trainer gives exactly
-    0; a sign-flipped loss (tried by hand) lowers both.
+    Observed (20 steps; toy build v2, targets "3 4" -> 3, "5 5" -> 4), before 0.368 and 0.147; after 0.71 / 0.999
+    (seed 0), 0.72 / 0.997 (seed 1), 0.65 / 0.999 (seed 2). Threshold: each prompt rises by 0.2 (the smallest rise
+    seen was 0.28; with 10 steps the first prompt, pulled by the second's progress, fell to 0.22 on seed 2). A no-op
+    trainer gives exactly 0; a sign-flipped loss (tried by hand, on an earlier toy) lowers both.
 
     Different targets per prompt close one hole: rewards computed against the wrong row's reference (a shuffled or
     broadcast reference column) would train one of the prompts toward the wrong digit and fail here.
@@ -252,49 +261,57 @@ def test_grpo_raises_the_expected_reward(tmp_path, digit_toy):
 
     tok = AutoTokenizer.from_pretrained(digit_toy)
     reward_fn = verifier_reward(get_verifier("math"))
-    prompts = [tok(r["question"]).input_ids for r in GRPO_ROWS]
+    prompts = [tok(q).input_ids for q in GRPO_QUESTIONS]
     assert prompts == [[3, 4], [5, 5]]
     ys = toy.completions()
-    rewards = []  # per prompt: the reward of each completion in ys
-    for r in GRPO_ROWS:
-        texts = [tok.decode(y, skip_special_tokens=True) for y in ys]
-        got = reward_fn(prompts=[r["question"]] * len(ys), completions=texts, reference=[r["answer"]] * len(ys))
-        digits = [[t for t in y if t >= 3] for y in ys]
-        meant = [float(bool(d) and DIGITS[d[-1]] == r["answer"]) for d in digits]
-        assert got == meant, "the math verifier does not reward what this test assumes (last digit == target)"
-        rewards.append(meant)
+    last = [[t for t in y if t >= 3][-1:] for y in ys]  # the last digit each completion emits, if any
 
-    def expected_reward(model_path) -> list[float]:
+    def expected_reward(model_path, targets) -> list[float]:
         model = _load_lm(model_path)
         out = []
-        for p, rw in zip(prompts, rewards):
+        for p, target in zip(prompts, targets):
             lp = _completion_logps(model, p)
-            out.append(math.fsum(math.exp(lp[tuple(y)]) * w for y, w in zip(ys, rw)))
+            out.append(math.fsum(math.exp(lp[tuple(y)]) for y, d in zip(ys, last) if d and DIGITS[d[0]] == target))
         return out
 
+    start = {d: expected_reward(digit_toy, [d] * len(prompts)) for d in ("3", "4", "5")}  # per target digit
+    targets = []
+    for i in range(len(prompts)):
+        targets.append(min((d for d in start if d not in targets), key=lambda d: abs(start[d][i] - 0.25)))
+    rows = [{"question": q, "answer": a} for q, a in zip(GRPO_QUESTIONS, targets)]
+    for r in rows:  # the reward the trainer computes is the one measured here: 1 iff the last digit is the target
+        texts = [tok.decode(y, skip_special_tokens=True) for y in ys]
+        got = reward_fn(prompts=[r["question"]] * len(ys), completions=texts, reference=[r["answer"]] * len(ys))
+        meant = [float(bool(d) and DIGITS[d[0]] == r["answer"]) for d in last]
+        assert got == meant, "the math verifier does not reward what this test assumes (last digit == target)"
+
     data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in GRPO_ROWS))  # the recipe maps question/answer already
-    before = expected_reward(digit_toy)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))  # the recipe maps question/answer already
+    before = expected_reward(digit_toy, targets)
+    assert all(GRPO_START[0] <= b <= GRPO_START[1] for b in before), (
+        f"precondition: expected rewards {before} for targets {targets} outside {GRPO_START}")
     trained = _train_policy("recipes/tiny/grpo.yaml", tmp_path / "run", f"model={digit_toy}", f"data.path={data}",
                             "chat=false", "grpo.num_generations=8", f"grpo.max_completion_length={toy.MAX_TOKENS}",
-                            "optim.per_device_train_batch_size=16", "optim.max_steps=10", "optim.learning_rate=1e-3")
-    after = expected_reward(trained)
-    assert all(a - b > 0.2 for a, b in zip(after, before)), f"expected reward {before} -> {after}"
+                            "optim.per_device_train_batch_size=16", "optim.max_steps=20", "optim.learning_rate=1e-3")
+    after = expected_reward(trained, targets)
+    assert all(a - b > 0.2 for a, b in zip(after, before)), f"expected reward {before} -> {after} ({targets})"
 
 
 # ----------------------------------------------------------------------------------------------- list-wise
 
 LIST_GRADES = (3, 2, 1, 0, 0, 0)
-DOC_WORDS = 12
+DOC_WORDS = 20
+NDCG_BEFORE_MAX = 0.87  # precondition: the untrained encoder leaves room for a rise of 0.05
 
 
 def graded_lists(n_lists: int = 16, seed: int = 0) -> list[dict]:
     """Synthetic graded lists where relevance is learnable: a query is 3 words, and a grade-g document holds g of
     them among DOC_WORDS words (the rest are random words that are not in the query), so grade = word overlap.
 
-    The words are the tiny encoder's training vocabulary (whole tokens for its tokenizer). The untrained tiny-bert
-    already ranks by overlap somewhat (mean pooling shares the query's token vectors): nDCG 0.83 before training,
-    with 9 filler words diluting the signal, which leaves room to rise.
+    The words are the tiny encoder's corpus words, each one whole token of its vocabulary (checked in the test).
+    The untrained tiny-bert already ranks by overlap somewhat (mean pooling shares the query's token vectors): nDCG
+    0.835 before training with 17-20 filler words diluting the signal, which leaves room to rise (with 9 fillers it
+    started at 0.90 on tiny-bert build v2, too close to 1 for a rise of 0.05 to be sure; the test checks the start).
     """
     from workbench.tiny_models import _WORDS
 
@@ -335,10 +352,11 @@ def mean_ndcg(model_path: str, rows: list[dict]) -> float:
 def test_listwise_training_raises_ndcg_on_its_lists(tmp_path, tiny_bert, loss_name):
     """Twelve steps (3 epochs of 16 lists, 4 per batch) of each loss through the tiny recipe raise nDCG on the lists.
 
-    Observed (seed 0), nDCG 0.834 before: ws2 0.952, listnet 0.971, lambdaloss 0.965, graded_infonce 0.963, infonce
-    0.951. Threshold: a rise of 0.05. Controls tried by hand: grades shuffled within each list (the same
-    permutation for every list; a grades/documents misalignment bug) give 0.827 for ws2 -- no rise; a sign-flipped
-    loss lowers nDCG; a no-op leaves it exactly equal.
+    Observed (seed 0, tiny-bert build v2), nDCG 0.835 before: ws2 0.954, listnet 0.981, lambdaloss 0.981,
+    graded_infonce 0.976, infonce 0.925. Threshold: a rise of 0.05. Controls tried by hand (on the first tiny-bert
+    build, 9 fillers, 0.834 before): grades shuffled within each list (the same permutation for every list; a
+    grades/documents misalignment bug) gave 0.827 for ws2 -- no rise; a sign-flipped loss lowers nDCG; a no-op
+    leaves it exactly equal.
 
     Would still pass: a graded loss that only uses the top document (infonce itself rises here), or one with the
     wrong gain scale -- the losses' own tests (test_losses_listwise.py) check the exact values.
@@ -346,10 +364,16 @@ def test_listwise_training_raises_ndcg_on_its_lists(tmp_path, tiny_bert, loss_na
     from workbench.jobs import load_recipe
     from workbench.training.embedding import run
 
+    from transformers import AutoTokenizer
+
     rows = graded_lists()
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    split = sorted({w for r in rows for w in r["query"].split() if len(tok.tokenize(w)) != 1})
+    assert not split, f"precondition: these words are not one token of tiny-bert's vocabulary: {split}"
     data = tmp_path / "lists.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = mean_ndcg(tiny_bert, rows)
+    assert before <= NDCG_BEFORE_MAX, f"precondition: nDCG {before:.4f} before training leaves too little room"
     cfg = load_recipe(REPO / "recipes/tiny/listwise.yaml", [
         f"output_dir={tmp_path / 'run'}", f"data.path={data}", "eval=null", f"loss.name={loss_name}",
         "optim.max_steps=12", "optim.per_device_train_batch_size=4", "optim.learning_rate=1e-3",

@@ -68,9 +68,40 @@ def config(tmp_path, **over):
     return build(lists.ListsConfig, data)
 
 
+def assert_minable(rows, encoder, k=2, pool_size=10, margin=1e-4):
+    """Precondition of every test that counts mined negatives: each row's pool (the ``pool_size`` best corpus
+    documents, its own documents and judged-relevant ones left out) holds at least ``k`` documents below the false-
+    negative cut at ratio 1.0, the lowest score of its grade-3 documents, with ``margin`` to spare against float32
+    noise (the rule of ``lists`` mining; those documents also lie below every (query, positive) pair of the st
+    baseline). A random encoder's cosines all lie near 1, so this is checked, not assumed; with tiny-bert every row
+    has at least 6 of 10."""
+    import numpy as np
+
+    from workbench.data.consistency import embed, load_encoder
+    from workbench.store.beir import load_qrels
+
+    model = load_encoder(encoder)
+    ids = list(CORPUS)
+    emb = embed(model, [doc_text(CORPUS[d]) for d in ids])
+    judged = load_qrels(FIXTURES / "beir_tiny", "train")
+    for r in rows:
+        q = embed(model, [r["query"]])[0]
+        relevant = {d for d, g in judged.get(r["query_id"], {}).items() if g > 0}
+        positives = [d for d, g in zip(r["docs"], r["grades"]) if g >= 3]
+        s_pos = float((embed(model, positives) @ q).min())
+        own = {doc_text(CORPUS[d]) for d in ids} & set(r["docs"])
+        pool = sorted((float(s) for d, s in zip(ids, emb @ q) if d not in relevant and doc_text(CORPUS[d]) not in own),
+                      reverse=True)[:pool_size]
+        below = sum(s <= s_pos - margin for s in pool)
+        assert below >= k, (f"precondition: {r['query_id']} needs {k} pool documents below its positives' "
+                            f"{s_pos:.6f} - {margin}, has {below}: {np.round(pool, 6).tolist()}")
+
+
 @pytest.fixture
 def docs_run(tmp_path, tiny_bert):
-    return make_documents_run(tmp_path / "docs_run")
+    rows = make_documents_run(tmp_path / "docs_run")
+    assert_minable(rows, tiny_bert)
+    return rows
 
 
 def read_out(cfg):
@@ -172,6 +203,7 @@ def test_bad_input(tmp_path, tiny_bert):
     rows[0]["grades"] = [3, 1]
     rows[0]["provenance"] = ["s"]
     shards.write_shard(tmp_path / "docs_run" / "documents", 0, rows)
+    shards.finalize(tmp_path / "docs_run" / "documents", [1], {})  # a rewritten shard needs its manifest rewritten
     with pytest.raises(DataError, match=r"row 0: field 'provenance' must be a list with one entry per document"):
         lists.run(config(tmp_path))
 

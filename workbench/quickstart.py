@@ -113,20 +113,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-CLI = {"rollouts": ["generate", "rollouts"], "documents": ["generate", "documents"], "verify": ["verify"],
-       "pairs": ["pairs"], "lists": ["lists"], "train": ["train"], "eval_reasoning": ["eval", "reasoning"],
-       "eval_retrieval": ["eval", "retrieval"]}
-
-
 def stage_command(stage: Step, out: Path, reduced: bool = False) -> list[str]:
     """The exact `workbench ...` command line for a stage: its recipe plus the relocation (and reduction) overrides.
 
     Each stage runs in its own process, as a user would run it: its vLLM engine and models are released when it
     ends, so peak memory is the largest stage's, not the sum of all of them.
     """
+    from workbench.store.runs import command_words
+
     load_stage_config(stage, out, reduced)  # validate first: a bad recipe fails before anything runs
-    return [sys.executable, "-m", "workbench", *CLI[stage.command], "--config", str(RECIPES / f"{stage.name}.yaml"),
-            *stage_overrides(stage, out, reduced)]
+    return [sys.executable, "-m", "workbench", *command_words(stage.command), "--config",
+            str(RECIPES / f"{stage.name}.yaml"), *stage_overrides(stage, out, reduced)]
 
 def _done(out: Path, stage: Step) -> bool:
     p = out / stage.name / "run.json"

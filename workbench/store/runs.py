@@ -30,7 +30,7 @@ from workbench.store.files import atomic_write
 
 import yaml
 
-__all__ = ["RunConfig", "RunError", "Run", "open_run", "env_info"]
+__all__ = ["RunConfig", "RunError", "Run", "open_run", "env_info", "command_words", "rerun_command"]
 
 
 @dataclass
@@ -48,6 +48,43 @@ class RunConfig:
 
 class RunError(WorkbenchError, RuntimeError):
     """The run folder cannot be used as asked; the message says why and what to do."""
+
+
+# The `workbench` subcommand of each job whose subcommand is not its name (the others are `workbench <job>`).
+_COMMANDS = {"rollouts": ["generate", "rollouts"], "documents": ["generate", "documents"],
+             "eval_retrieval": ["eval", "retrieval"], "eval_reasoning": ["eval", "reasoning"]}
+
+
+def command_words(job: str) -> list[str]:
+    """The words after ``workbench`` that run a recipe's ``job`` (``rollouts`` -> ``generate rollouts``)."""
+    return list(_COMMANDS.get(job, [job]))
+
+
+def rerun_command(path: str | Path) -> str | None:
+    """The command that reruns (so resumes) the run in folder ``path``, from its ``config.yaml`` (the resolved recipe:
+    rerun with it, the config is the same, so the run resumes); None if ``path`` is no run folder.
+
+    The config names the folder it writes to (``output_dir``, else ``runs/<run_name>``). When that is not ``path``
+    from here, the command is followed by why: a relative one is resolved from the directory the run was started in;
+    an absolute one means this folder is a copy, or was moved, and the command acts on the original."""
+    import shlex
+
+    path = Path(path)
+    cfg_file = path / "config.yaml"
+    try:
+        cfg = yaml.safe_load(cfg_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("job"), str):
+        return None
+    cmd = " ".join(["workbench", *command_words(cfg["job"]), "--config", shlex.quote(str(cfg_file))])
+    target = Path(cfg.get("output_dir") or Path("runs") / str(cfg.get("run_name")))
+    if target.resolve() == path.resolve():
+        return cmd
+    if not target.is_absolute():
+        return f"{cmd} (from the directory the run was started in: it writes to {target})"
+    return (f"{cmd} (this folder is a copy or was moved: that command acts on {target}, where its config.yaml "
+            "writes; recover that run and copy the file from there)")
 
 
 def _git_commit() -> str | None:
@@ -170,6 +207,10 @@ class Run:
     @property
     def done(self) -> bool:
         return self.status().get("status") == "done"
+
+    def mark_unfinished(self) -> None:
+        """Remove ``run.json``: the run is resumed, not found finished (its outputs lost a shard; see stage.py)."""
+        (self.path / "run.json").unlink(missing_ok=True)
 
     def update_env(self, section: str, info: dict) -> None:
         """Add what a stage learns only once it runs (e.g. the generation backend's dtype and kernel path)."""

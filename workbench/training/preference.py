@@ -177,6 +177,10 @@ def _read_table(path: str, split: str, where: str):
     if p.is_dir() and (p / "pairs" / "manifest.json").exists():  # a `workbench pairs` run folder
         p = p / "pairs"
     manifest = p / "manifest.json"
+    if p.is_dir() and manifest.exists():  # a finished stage output: its shards as the manifest lists them
+        from workbench.store.shards import require_complete
+
+        require_complete(p, "pairs")
     if p.is_dir() and manifest.exists() and json.loads(manifest.read_text()).get("num_rows") == 0:
         counts = json.loads(manifest.read_text()).get("counts")
         from workbench.data.pairs import why_no_pairs

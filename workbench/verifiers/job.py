@@ -21,6 +21,7 @@ from workbench.errors import DataError, WorkbenchError
 from workbench.store import shards
 from workbench.generation.rollouts import ROLLOUT_COLUMNS
 from workbench.store.runs import RunConfig
+from workbench.verifiers.verdict import TIME_LIMIT_REASON
 
 VERDICT_COLUMNS = ["score", "passed", "verifier", "details"]
 
@@ -126,8 +127,11 @@ def run(cfg: VerifyConfig, overwrite: bool = False) -> dict:
                      samples_per_item=max(1, src_manifest["num_rows"] // max(1, len(inputs))))
     # Counted from the output rows (not this invocation's counters), so a resumed job reports every shard.
     rows = shards.read_rows(out, columns=["passed", "score", "details", "completion"])
-    n_skipped = sum(1 for r in rows if "skipped" in json.loads(r["details"]))
-    stats = {"rows": len(rows), "passed": sum(r["passed"] for r in rows),
+    details = [json.loads(r["details"]) for r in rows]
+    n_skipped = sum(1 for d in details if "skipped" in d)
+    # Samples failed by the hard per-call limit (TimeLimitedVerifier): counted, so a run that lost many says so.
+    n_limited = sum(1 for d in details if d.get("reason") in (TIME_LIMIT_REASON, "verifier process died"))
+    stats = {"rows": len(rows), "passed": sum(r["passed"] for r in rows), "time_limited_rows": n_limited,
              "empty_completions": sum(1 for r in rows if not (r["completion"] or "").strip()),
              "mean_score": sum(r["score"] for r in rows) / max(1, len(rows)), "skipped_rows": n_skipped,
              **_summed_unit_stats(unit_stats, len(inputs))}
@@ -138,7 +142,8 @@ def run(cfg: VerifyConfig, overwrite: bool = False) -> dict:
     run_.log_metrics({f"verify/{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
     run_.mark_done(stats)
     print(f"[verify] {stats['passed']}/{stats['rows']} passed (mean score {stats['mean_score']:.3f}); "
-          f"{n_skipped} row(s) skipped with a reason -> {out}", file=sys.stderr)
+          f"{n_skipped} row(s) skipped with a reason"
+          + (f", {n_limited} failed by the verifier's time limit" if n_limited else "") + f" -> {out}", file=sys.stderr)
     return manifest
 
 

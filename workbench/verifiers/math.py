@@ -98,7 +98,11 @@ disabled (``parsing_timeout=None``, ``timeout_seconds=None``) because ``signal.a
 main thread (and would cancel pytest-timeout's alarm); the span length cap and the "plain number" check
 above stand in for them. Every scan is linear in the completion's length: the context of a value is
 looked at through a window of ``_LOOK`` characters, answer phrases and corrections are read over
-disjoint stretches of text, and chains stop after ``_MAX_CHAIN`` values.
+disjoint stretches of text, and chains stop after ``_MAX_CHAIN`` values. No pattern nests quantifiers that
+can split the same text in several ways (the lead-in is checked by a scan: issue 23), and
+``tests/test_verifier_fuzz.py`` pumps every pattern and times 10,000 hostile completions. As a last
+defence, ``get_verifier("math")`` runs each call in a child process under a hard time limit
+(:class:`~workbench.verifiers.verdict.TimeLimitedVerifier`), which works in threads and worker processes.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ from math_verify import parse as mv_parse
 from math_verify import verify as mv_verify
 
 from workbench.errors import DataError
-from workbench.verifiers.verdict import Verdict, Verifier, register_verifier
+from workbench.verifiers.verdict import DEFAULT_TIME_LIMIT_S, Verdict, Verifier, register_verifier
 
 __all__ = ["MathVerifier", "reference_value", "last_boxed", "hash_answer", "answer_phrase"]
 
@@ -214,7 +218,12 @@ _LATEX_FRAC = re.compile(r"-?\\[dt]?frac\s*(?:\{[^{}]*\}|\d)\s*(?:\{[^{}]*\}|\d)
 _LATEX_CMD = re.compile(r"\\[A-Za-z]")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _UNIT_TAIL = re.compile(r"[^\W\d_][^\d_=(){}\[\];'\"`<>\\$]*")  # "apples", "km/h", "sq. ft"
-_LEAD_IN = re.compile(r"(?:[^\W\d_]+[\s:,]*)+")  # "The total is", "Answer:"
+# A lead-in ("The total is", "Answer:") is letters, spaces, colons and commas, starting with a letter. Checked by a
+# scan for the first character that is none of these, not by a pattern like (?:[^\W\d_]+[\s:,]*)+, whose nested
+# quantifiers split a run of letters in 2^n ways and backtrack through all of them when the match fails (a SmolLM2
+# completion of 83 characters took over 30 s: issue 23).
+_LETTER = re.compile(r"[^\W\d_]")
+_NOT_LEAD_IN = re.compile(r"[^\w\s:,]|[\d_]")
 _ASSIGNMENT = re.compile(r"^[A-Za-z]\w*\s*=\s*")  # "x = 5" in a box
 _LATEX_CFG = (LatexExtractionConfig(),)
 
@@ -279,6 +288,11 @@ def _trim(s: str) -> str:
     return _ASSIGNMENT.sub("", s)
 
 
+def _lead_in(head: str) -> bool:
+    """Whether ``head`` is only words before a value: a letter first, then letters, spaces, ``:`` and ``,``."""
+    return _LETTER.match(head) is not None and _NOT_LEAD_IN.search(head) is None
+
+
 def _strict(span: str, words_before: bool = True) -> tuple[object, str | None]:
     """The value of a span that should be just an answer (or None), and what the span says about it.
 
@@ -303,7 +317,7 @@ def _strict(span: str, words_before: bool = True) -> tuple[object, str | None]:
         if m is None:
             return None, None
         head, tail = s[: m.start()].strip(), s[m.end():].strip().rstrip(".,;:!*").strip()
-        if (head and not _LEAD_IN.fullmatch(head)) or (tail and not _UNIT_TAIL.fullmatch(tail)):
+        if (head and not _lead_in(head)) or (tail and not _UNIT_TAIL.fullmatch(tail)):
             return None, None
         value = _number(m)
     if value is None:
@@ -467,7 +481,7 @@ def _pick(text: str, tokens: list[_Token], lo: int = 0, hi: int | None = None) -
 
 _HEDGE_GAP = re.compile(r"[\s,;.(]*(?:(?:or|either|maybe|perhaps|possibly|even)\b[\s,;.(]*)+", re.IGNORECASE)
 _LIST_GAP = re.compile(r"\s*,\s*")
-_AND_GAP = re.compile(r"[ \t]*,?[ \t]*(?:and(?:/or)?|&)[ \t]*", re.IGNORECASE)
+_AND_GAP = re.compile(r"[ \t]*(?:,[ \t]*)?(?:and(?:/or)?|&)[ \t]*", re.IGNORECASE)
 _SLASH_GAP = re.compile(r"[ \t]*/[ \t]*[$€£¥]?")  # "5 / 6", "$5/$6", "\boxed{5}/\boxed{6}": "5/6" is one token
 _RANGE_GAP = re.compile(r"[ \t]*(?:-|–|—|to|through|thru)[ \t]*", re.IGNORECASE)
 # "12 apples/13 apples": the 13 is glued to the slash, so it is no token; the slash still joins two values.
@@ -741,8 +755,11 @@ def _read(completion: str) -> _Reading:
 class MathVerifier(Verifier):
     """Numeric final answers (GSM8K and the like). See the module docstring for the rules.
 
-    score is 1.0 when passed, else 0.0. Thread-safe: no signal-based timeouts, no shared mutable state.
+    score is 1.0 when passed, else 0.0. Thread-safe: no signal-based timeouts, no shared mutable state. Built by
+    ``get_verifier("math")``, each call runs under a hard time limit in a child process (``TimeLimitedVerifier``).
     """
+
+    time_limit = DEFAULT_TIME_LIMIT_S
 
     def verify(self, prompt: str, completion: str, reference: str) -> Verdict:
         gold = reference_value(reference)  # bad data fails loudly, even for an empty completion

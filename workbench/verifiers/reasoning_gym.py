@@ -34,24 +34,31 @@ text; hence ``pass_threshold`` (default 1.0) separates "passed" from "partial cr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import re
 from typing import Any
 
 from workbench.errors import WorkbenchError
 from workbench.generation.prompts import entry_to_reference, reference_to_entry  # the format the prompt source writes
 from workbench.verifiers.math import answer_phrase, hash_answer, last_boxed
-from workbench.verifiers.verdict import Verdict, Verifier, register_verifier
+from workbench.verifiers.verdict import DEFAULT_TIME_LIMIT_S, Verdict, Verifier, register_verifier
 
 __all__ = ["ReasoningGymVerifier", "entry_to_reference", "reference_to_entry", "extract_answer", "make_rows"]
 
-_ANSWER_TAG = re.compile(r"<answer>\s?(.*?)\s?</answer>", re.DOTALL)
+def _last_answer_tag(text: str) -> str | None:
+    """The text between the last ``</answer>`` and the nearest ``<answer>`` before it, or None.
+
+    Two ``rfind`` calls, not a lazy ``<answer>(.*?)</answer>`` pattern: that one scans to the end of the text from
+    every unclosed ``<answer>``, so a completion that repeats the tag costs time quadratic in its length.
+    """
+    close = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, close) if close >= 0 else -1
+    return None if start < 0 else text[start + len("<answer>"): close]
 
 
 def extract_answer(completion: str) -> tuple[str | None, str | None]:
     """``(answer, rule)``: the answer string the task scorer should see, and which rule found it."""
-    tags = _ANSWER_TAG.findall(completion)
-    if tags:
-        return tags[-1].strip(), "answer_tag"
+    tag = _last_answer_tag(completion)
+    if tag is not None:
+        return tag.strip(), "answer_tag"
     for rule, find in (("####", hash_answer), ("boxed", last_boxed), ("answer_is", answer_phrase)):
         found = find(completion)
         if found is not None and found.strip():
@@ -100,6 +107,7 @@ class ReasoningGymVerifier(Verifier):
     """Score with the reasoning-gym task's own scorer; ``passed`` = score >= ``pass_threshold``."""
 
     options = ReasoningGymOptions
+    time_limit = DEFAULT_TIME_LIMIT_S  # the task's own scorer reads model text too (some parse it with sympy)
 
     def __init__(self, task: str, task_config: dict | None = None, pass_threshold: float = 1.0):
         if not 0.0 < pass_threshold <= 1.0:

@@ -15,8 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 from workbench.errors import WorkbenchError
+from workbench.time_limit import LimitedCalls
 
-__all__ = ["Verdict", "Verifier", "VERIFIERS", "register_verifier", "get_verifier", "UnknownVerifierError"]
+__all__ = ["Verdict", "Verifier", "VERIFIERS", "register_verifier", "get_verifier", "UnknownVerifierError",
+           "TimeLimitedVerifier", "DEFAULT_TIME_LIMIT_S", "TIME_LIMIT_REASON"]
+
+# The hard limit per verify call of a rule verifier (one that sets ``time_limit``). Generous: a rule verdict takes
+# about a millisecond (tests/test_verifier_fuzz.py bounds it at tens of milliseconds); the limit only has to be short
+# next to a training step and long next to any honest sample on a loaded machine.
+DEFAULT_TIME_LIMIT_S = 10.0
+TIME_LIMIT_REASON = "time limit"
 
 
 @dataclass
@@ -60,6 +68,9 @@ class Verifier(ABC):
     # The dataclass of this verifier's recipe options (``verifier.options`` in a recipe, or get_verifier keywords);
     # None for a verifier that takes none. Checked strictly at recipe time by :meth:`check_options`.
     options: ClassVar[type | None] = None
+    # Seconds one verify call may take when built by get_verifier, which then runs it in a child process
+    # (TimeLimitedVerifier). Rule verifiers that read model text set it; a judge (a model in this process) does not.
+    time_limit: ClassVar[float | None] = None
 
     @classmethod
     def check_options(cls, options: dict, source: str = "verifier.options"):
@@ -107,8 +118,51 @@ def register_verifier(name: str):
     return deco
 
 
-def get_verifier(name: str, **options: Any) -> Verifier:
-    """Build the verifier registered as ``name``; ``options`` go to its constructor."""
+class TimeLimitedVerifier(Verifier):
+    """The verdicts of ``VERIFIERS[name](**options)``, each computed in a child process and failed after ``seconds``.
+
+    A sample that runs out of time gets ``Verdict(0.0, False)`` with ``reason = "time limit"`` and ``time_limit_s``;
+    one whose child dies (a crash inside a library) gets ``reason = "verifier process died"``. Either way the job
+    goes on with the next sample, in a fresh child. Errors the verifier raises (a bad reference's DataError) are
+    raised here unchanged. See :mod:`workbench.time_limit` for why a process.
+    """
+
+    def __init__(self, inner: Verifier, options: dict[str, Any], seconds: float):
+        cls = type(inner)
+        name = self.name = cls.name
+        self.inner = inner  # the same verifier in this process: its attributes, never its verify
+        self.seconds = float(seconds)
+        self._calls = LimitedCalls(__name__, "_build_in_child", {"module": cls.__module__, "name": name,
+                                                                  "options": dict(options)}, seconds)
+
+    def __repr__(self) -> str:
+        return f"TimeLimitedVerifier({self.name!r}, {self.seconds:g} s)"
+
+    def verify(self, prompt: str, completion: str, reference: str) -> Verdict:
+        verdict, problem = self._calls.call(prompt, completion, reference)
+        if problem is None:
+            return verdict
+        reason = TIME_LIMIT_REASON if problem == "timeout" else "verifier process died"
+        return Verdict(0.0, False, {"extracted": None, "rule": None, "reason": reason, "time_limit_s": self.seconds})
+
+
+def _build_in_child(module: str, name: str, options: dict[str, Any]):
+    """In the child of a TimeLimitedVerifier: import the verifier's module (it registers itself), return its verify."""
+    import importlib
+
+    importlib.import_module(module)
+    return VERIFIERS[name](**options).verify
+
+
+_DEFAULT = object()
+
+
+def get_verifier(name: str, *, time_limit: float | None | object = _DEFAULT, **options: Any) -> Verifier:
+    """Build the verifier registered as ``name``; ``options`` go to its constructor.
+
+    ``time_limit`` (seconds; default: the class's ``time_limit``) runs each verify call in a child process and fails
+    the sample when it takes longer (:class:`TimeLimitedVerifier`); ``None`` runs it in this process, unlimited.
+    """
     try:
         cls = VERIFIERS[name]
     except KeyError:
@@ -117,4 +171,8 @@ def get_verifier(name: str, **options: Any) -> Verifier:
         raise UnknownVerifierError(
             f"unknown verifier {name!r}{hint}; known verifiers: {', '.join(sorted(VERIFIERS))}"
         ) from None
-    return cls(**options)
+    seconds = cls.time_limit if time_limit is _DEFAULT else time_limit
+    verifier = cls(**options)  # built here too, so bad options fail in the caller's process, with its message
+    if seconds is None:
+        return verifier
+    return TimeLimitedVerifier(verifier, options, seconds)
