@@ -121,35 +121,22 @@ def timed_math_verifier():
     return run
 
 
-def verifier_patterns() -> list[tuple[str, re.Pattern, set[str]]]:
-    """Every module-level compiled pattern of the verifiers that read model text, with how their code uses it.
-
-    The uses are read from the source with ``ast``: ``search`` for ``P.search/finditer/findall/sub(text)`` and
-    ``match``/``fullmatch`` for those calls, each only when unbounded. A call given an end position
-    (``P.match(text, pos, pos + _LOOK)``) reads a window of constant size, so its length cannot grow.
-    """
-    import ast
+def verifier_patterns() -> list[tuple[str, re.Pattern]]:
+    """Every module-level compiled pattern of the verifiers that read model text, and the (pattern, replacement)
+    pairs of math's character clean-up. (The judge builds one key-line pattern per call from a fixed template; its
+    SCORE instance is module-level and stands for them.)"""
     import importlib
-    import inspect
 
     found = []
     for module in ("workbench.verifiers.math", "workbench.verifiers.judge", "workbench.verifiers.reasoning_gym",
                    "workbench.verifiers.rollout_aware", "workbench.verifiers.repetition"):
         mod = importlib.import_module(module)
-        uses: dict[str, set[str]] = {}
-        for node in ast.walk(ast.parse(inspect.getsource(mod))):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                    and isinstance(node.func.value, ast.Name) and len(node.args) < 3:
-                op = {"search": "search", "finditer": "search", "findall": "search", "sub": "search",
-                      "split": "search", "match": "match", "fullmatch": "fullmatch"}.get(node.func.attr)
-                if op:
-                    uses.setdefault(node.func.value.id, set()).add(op)
         for name, value in sorted(vars(mod).items()):
             if isinstance(value, re.Pattern):
-                found.append((f"{module}.{name}", value, uses.get(name, set())))
-            elif isinstance(value, list):  # (pattern, replacement) pairs, applied with sub
-                found += [(f"{module}.{name}[{i}]", p[0], uses.get(name, set()) | {"search"})
-                          for i, p in enumerate(value) if isinstance(p, tuple) and p and isinstance(p[0], re.Pattern)]
+                found.append((f"{module}.{name}", value))
+            elif isinstance(value, list):
+                found += [(f"{module}.{name}[{i}]", p[0]) for i, p in enumerate(value)
+                          if isinstance(p, tuple) and p and isinstance(p[0], re.Pattern)]
     return found
 
 
@@ -162,18 +149,14 @@ PUMP_ENDS = ("", "!", "\x00", "1", "a")
 
 
 def pump_patterns():
-    """For LimitedCalls: per (pattern, operation), the worst thread CPU seconds over pumped strings.
-
-    ``run(repeats, all_ops)``: with ``all_ops`` every pattern is tried with search, match and fullmatch (small
-    ``repeats``: an exponential pattern already takes seconds at 30); otherwise only the operations its code uses
-    unbounded (large ``repeats``: a quadratic one shows there).
-    """
+    """For LimitedCalls: ``run(repeats)`` gives, per pattern and operation (search, match, fullmatch), the worst thread
+    CPU seconds over the pumped strings ``unit * repeats + end``, with the string that took it."""
     patterns = verifier_patterns()
 
-    def run(repeats: int, all_ops: bool):
+    def run(repeats: int):
         worst = []
-        for name, pattern, uses in patterns:
-            for op in sorted({"search", "match", "fullmatch"} if all_ops else uses):
+        for name, pattern in patterns:
+            for op in ("search", "match", "fullmatch"):
                 call = getattr(pattern, op)
                 slowest = (0.0, "")
                 for unit in PUMP_UNITS:

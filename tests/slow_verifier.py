@@ -29,4 +29,9 @@ class MisbehavingVerifier(Verifier):
             time.sleep(600)
         elif completion == "die":
             os._exit(3)
+        elif completion == "print":  # a library that writes to stdout, from Python and from C
+            print("stray output")
+            os.write(1, b"stray bytes on descriptor 1\n")
+        elif completion == "slow-answer":
+            time.sleep(0.3)
         return Verdict(1.0, True, {"extracted": completion, "reason": "correct", "pid": os.getpid()})

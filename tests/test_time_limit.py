@@ -22,7 +22,7 @@ from workbench.verifiers.verdict import TIME_LIMIT_REASON, TimeLimitedVerifier
 
 TESTS = Path(__file__).resolve().parent
 LIMIT = 1.0
-SLACK = 20.0  # start-up of the replacement child (imports) on a loaded 2-core machine; a stall would be 600 s
+SLACK = 60.0  # start-up of the replacement child (imports) on a loaded 2-core machine; a stall would be 600 s
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +55,52 @@ def test_a_hanging_call_fails_its_sample_and_the_next_one_runs(misbehaving, comp
     after, took = _timed(misbehaving, "fine")
     assert after.passed and took < SLACK
     assert after.details["pid"] != first.details["pid"]  # the hung child was replaced, not reused
+    with pytest.raises(ProcessLookupError):  # and killed and reaped, not abandoned (running, or a zombie)
+        os.kill(first.details["pid"], 0)
 
 
 def test_a_crashing_call_fails_its_sample(misbehaving):
     verdict, _ = _timed(misbehaving, "die")
     assert (verdict.passed, verdict.reason) == (False, "verifier process died")
+    assert misbehaving.verify("", "fine", "x").passed
+
+
+def test_large_payloads_and_stray_output_keep_the_protocol(misbehaving):
+    big = "x" * (3 << 20)  # 3 MiB each way: far past a pipe's buffer
+    assert misbehaving.verify("", big, "x").extracted == big
+    verdict = misbehaving.verify("", "print", "x")  # the child printed to stdout, from Python and on descriptor 1
+    assert verdict.passed and verdict.extracted == "print"
+    assert misbehaving.verify("", "fine", "x").extracted == "fine"
+
+
+def test_an_interrupted_call_never_answers_the_next_one(misbehaving, monkeypatch):
+    """Interrupted between request and answer (Ctrl-C, a test timeout), the child may still answer that request: it
+    must be dropped, or the next sample would get the previous sample's verdict."""
+    import workbench.time_limit as tl
+
+    real, calls = tl._receive, []
+
+    def interrupted_once(fd, deadline):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(fd, deadline)
+
+    misbehaving.verify("", "fine", "x")  # a child exists
+    monkeypatch.setattr(tl, "_receive", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        misbehaving.verify("", "slow-answer", "x")
+    monkeypatch.setattr(tl, "_receive", real)
+    assert misbehaving.verify("", "fine", "x").extracted == "fine"
+
+
+def test_children_that_die_on_every_call_raise(misbehaving):
+    # Deaths in a row are a broken setup (a crash on import, an ABI mismatch), not hostile samples: training on the
+    # resulting zero rewards must stop with a message, not go on silently.
+    reasons = [misbehaving.verify("", "die", "x").reason for _ in range(4)]
+    assert reasons == ["verifier process died"] * 4
+    with pytest.raises(Exception, match="died on 5 calls in a row"):
+        misbehaving.verify("", "die", "x")
     assert misbehaving.verify("", "fine", "x").passed
 
 

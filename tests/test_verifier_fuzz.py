@@ -6,9 +6,10 @@
   input's length, and its verdicts keep two properties no reading rule can excuse.
 * Time grows linearly: pumped completions 8 times longer cost at most about 8 times more.
 
-Everything timed runs in a child process under a hard limit (workbench.time_limit), so a regression fails here
-instead of hanging the suite, and it is timed in thread CPU time with the collector paused, so a loaded machine
-does not make an honest call look slow.
+What could hang runs in a child process under a hard limit (workbench.time_limit), so a regression fails here
+instead of hanging the suite (the extractors' test runs in this process: their inputs are too short to hang it for
+long). Calls are timed in thread CPU time with the collector paused, so a loaded machine does not make an honest call
+look slow.
 """
 
 from __future__ import annotations
@@ -57,13 +58,18 @@ EXPONENTIAL_BOUND_S = 0.02
 
 
 def test_no_pattern_in_the_verifiers_backtracks_exponentially(in_child):
-    worst, problem = in_child("pump_patterns", 300).call(EXPONENTIAL_N, True)
-    assert problem is None, f"pumping the patterns did not finish in 300 s ({problem}): one backtracks exponentially"
-    names = {name for name, *_ in worst}
+    calls = in_child("pump_patterns", 300)
+    (few, p1), (many, p2) = calls.call(EXPONENTIAL_N - 10), calls.call(EXPONENTIAL_N)
+    assert p1 is None and p2 is None, "pumping the patterns did not finish in 300 s: one backtracks exponentially"
+    names = {name for name, *_ in many}
     assert "workbench.verifiers.math._NUM" in names and "workbench.verifiers.judge._SCORE_LINE" in names
     assert len(names) >= 25  # the collector found the patterns (a collector that finds none passes nothing)
-    slow = [w for w in worst if w[2] > EXPONENTIAL_BOUND_S]
+    slow = [w for w in many if w[2] > EXPONENTIAL_BOUND_S]
     assert not slow, f"patterns that backtrack on {EXPONENTIAL_N} pumped units: {slow}"
+    # Growth, for what is exponential with a small base (phi^n): 10 more units multiply its time by 100 or more;
+    # a linear pattern's by 1.5. The floor keeps timer noise on microsecond calls from counting.
+    grown = [(a[0], a[1], a[2], b[2], b[3]) for a, b in zip(few, many) if b[2] > 10 * max(a[2], 2e-4)]
+    assert not grown, f"patterns whose time grows with the pumped units (20 -> 30): {grown}"
 
 
 def test_the_pump_catches_the_pattern_that_hung_the_verifier():
@@ -165,4 +171,30 @@ def test_the_extractors_are_linear():
                  "answer is ", "\n", " "):
         short, long = cost(unit * 2_000 + "!"), cost(unit * 40_000 + "!")
         assert long < 20 * max(short, 2e-3) + 0.05, (unit, short, long)  # 20x the input; quadratic would be 400x
-    assert extract_answer("<answer>1<answer>2</answer>") == ("2", "answer_tag")  # the innermost tag before the close
+    # The scan pairs tags as the old lazy pattern did: each <answer> with the first </answer> after it.
+    assert extract_answer("<answer>1<answer>2</answer>") == ("1<answer>2", "answer_tag")
+    assert extract_answer("<answer>7</answer></answer>") == ("7", "answer_tag")  # a stray close keeps the answer
+    assert extract_answer("<answer> 7 </answer> done </answer> <answer>8") == ("7", "answer_tag")
+
+
+def test_the_scans_read_what_the_old_patterns_read():
+    """The scans that replaced two patterns read the same text: compared on every short string over their alphabets
+    (short, so the old exponential pattern is still quick)."""
+    import random
+
+    from workbench.verifiers.math import _lead_in
+    from workbench.verifiers.reasoning_gym import _last_answer_tag
+
+    rng = random.Random(23)
+    old_lead_in = re.compile(r"(?:[^\W\d_]+[\s:,]*)+")
+    alphabet = ["a", "Z", "é", "ж", "中", " ", "\t", "\n", ":", ",", ".", "1", "_", "²", "½", "\u0301", "\u200b", "-"]
+    for _ in range(5000):
+        head = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        assert _lead_in(head) == (old_lead_in.fullmatch(head) is not None), repr(head)
+    old_tag = re.compile(r"<answer>\s?(.*?)\s?</answer>", re.DOTALL)
+    parts = ["<answer>", "</answer>", "7", " ", "x", "<", ">", "answer", "\n"]
+    for _ in range(5000):
+        text = "".join(rng.choice(parts) for _ in range(rng.randint(0, 12)))
+        tags = old_tag.findall(text)
+        new = _last_answer_tag(text)
+        assert (tags[-1].strip() if tags else None) == (None if new is None else new.strip()), repr(text)

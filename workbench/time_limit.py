@@ -1,8 +1,9 @@
 """A hard wall-clock limit per call, that works in threads and worker processes: the call runs in a child process.
 
-Why a child process and not ``signal.alarm``: an alarm fires only in the main thread, and it cannot interrupt a long
-C call (a regular expression, a sympy big-integer power). TRL's reward functions, a stage's worker threads and
-pytest-timeout all live where an alarm either does not fire or is already taken. Killing a process always works.
+Why a child process and not ``signal.alarm``: an alarm fires only in the main thread (and there is one per process,
+which pytest-timeout already takes), and its handler runs only when the interpreter gets control back, which a long C
+call such as a sympy big-integer power does not give. TRL's reward functions and a stage's worker threads live where
+an alarm cannot fire. Killing a process always works.
 
 So :class:`LimitedCalls` keeps one child per (process, thread) that builds an object once (``factory(**kwargs)``,
 named by module and attribute so the child can import it) and then answers calls ``obj(*args)``. The parent waits
@@ -23,7 +24,8 @@ import atexit
 import importlib
 import os
 import pickle
-import select
+import selectors
+import signal
 import struct
 import subprocess
 import sys
@@ -38,6 +40,7 @@ __all__ = ["LimitedCalls", "ChildStartError"]
 
 _STARTUP_S = 300.0  # importing sympy/math-verify/reasoning-gym in a fresh child, on a loaded 2-core machine
 _HEADER = struct.Struct("<Q")
+_MAX_DEATHS = 5  # children dying on this many calls in a row is a broken setup, not hostile samples: raise
 
 
 class ChildStartError(WorkbenchError, RuntimeError):
@@ -51,18 +54,23 @@ def _send(fh, obj) -> None:
 
 
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
-    """``n`` bytes from ``fd``; None when the deadline passes or the other side closes first."""
+    """``n`` bytes from ``fd``; None when the deadline passes or the other side closes first.
+
+    A selector (epoll), not ``select.select``, which refuses descriptors above 1023 (a training process with data
+    loader workers and a vLLM engine has that many)."""
     chunks, left = [], n
-    while left:
-        if deadline is not None:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while left:
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0 or not sel.select(wait):
+                    return None
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
                 return None
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
+            chunks.append(chunk)
+            left -= len(chunk)
     return b"".join(chunks)
 
 
@@ -79,18 +87,23 @@ class _Child:
     """One worker process, owned by one thread of one process."""
 
     def __init__(self, spec: tuple[str, str, dict]):
-        # The child finds this package where the parent found it, installed or not.
+        # The child imports this package from where the parent did: the folder holding it goes first on its path,
+        # unless it is already there (an installed package: site-packages keeps its place after the standard library).
+        # "-P" keeps the working directory off the path, so a checkout there cannot run other code than the parent's;
+        # the interpreter's own flags (-I, -s, -X ...) are passed on.
         root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
-               "OMP_NUM_THREADS": "1"}
+        boot = ("import sys; r = sys.argv[1]; r in sys.path or sys.path.insert(0, r); "
+                "from workbench.time_limit import _serve; _serve()")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "WORKBENCH_TIME_LIMIT_PARENT": str(os.getpid())}
         self.pid = os.getpid()
-        self.proc = subprocess.Popen([sys.executable, "-m", "workbench.time_limit"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen([sys.executable, *subprocess._args_from_interpreter_flags(), "-P", "-c", boot,
+                                      root], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         try:
             _send(self.proc.stdin, spec)
-        except OSError:
-            pass  # it died at once: reported below
-        answer, problem = _receive(self.proc.stdout.fileno(), time.monotonic() + _STARTUP_S)
+            answer, problem = _receive(self.proc.stdout.fileno(), time.monotonic() + _STARTUP_S)
+        except BaseException:
+            self.close()
+            raise
         if problem or answer[0] != "ready":
             self.close()
             why = answer[1] if answer else ("no answer in %.0f s" % _STARTUP_S if problem == "timeout" else "it exited")
@@ -106,7 +119,7 @@ class _Child:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.wait()
+        self.proc.wait()  # SIGKILL cannot be caught: this returns at once, and leaves no zombie
         for fh in (self.proc.stdin, self.proc.stdout):
             try:
                 fh.close()
@@ -116,6 +129,24 @@ class _Child:
 
 _CHILDREN: set[_Child] = set()
 _CHILDREN_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker owns none of its parent's children: it forgets them (closing its copies of their pipes, so a
+    parent's child still sees its pipe close when the parent goes) and gets a fresh lock (the parent's may have been
+    held by another thread at the fork)."""
+    global _CHILDREN_LOCK
+    _CHILDREN_LOCK = threading.Lock()
+    for child in _CHILDREN:
+        for fh in (child.proc.stdin, child.proc.stdout):
+            try:
+                fh.close()
+            except OSError:
+                pass
+    _CHILDREN.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
@@ -149,14 +180,31 @@ class LimitedCalls:
                 _CHILDREN.add(child)
         return child
 
+    def _drop_child(self) -> None:
+        child, self._local.child = self._local.child, None
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(child)
+        child.close()
+
     def call(self, *args):
-        answer, problem = self._child().call(args, self.seconds)
+        child = self._child()
+        try:
+            answer, problem = child.call(args, self.seconds)
+        except BaseException:
+            # Interrupted between the request and its answer (KeyboardInterrupt, a test timeout, an answer that does
+            # not unpickle): the child may still answer this request, so it must never serve the next one.
+            self._drop_child()
+            raise
         if problem is not None:
-            child, self._local.child = self._local.child, None
-            with _CHILDREN_LOCK:
-                _CHILDREN.discard(child)
-            child.close()
+            self._drop_child()
+            deaths = self._local.deaths = getattr(self._local, "deaths", 0) + (problem == "died")
+            if deaths >= _MAX_DEATHS:
+                self._local.deaths = 0
+                raise WorkbenchError(f"{self.spec[0]}.{self.spec[1]}: its worker process died on {deaths} calls in a "
+                                     "row; that is a broken setup, not hostile input (run the call in-process to see "
+                                     "the crash)")
             return None, problem
+        self._local.deaths = 0
         status, value = answer
         if status == "error":
             raise value
@@ -170,10 +218,27 @@ class LimitedCalls:
         self._local = threading.local()
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this child when the thread that started it exits (Linux), so a child busy in a runaway call does not
+    outlive an interrupted parent; and exit at once if the parent is already gone."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the closed pipe still ends the child between calls
+        pass
+    if str(os.getppid()) != os.environ.get("WORKBENCH_TIME_LIMIT_PARENT", str(os.getppid())):
+        os._exit(0)
+
+
 def _serve() -> None:
     """The child: build the object, then answer one call at a time until the parent closes stdin."""
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # a stray print from a library must not corrupt the protocol
+    _die_with_parent()
+    # The protocol gets its own copy of stdout; descriptor 1 becomes stderr, so whatever a library prints, from Python
+    # or from C, cannot corrupt it.
+    stdin, stdout = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     module, factory, kwargs = _receive(stdin.fileno(), None)[0]
     try:
         obj = getattr(importlib.import_module(module), factory)(**kwargs)
@@ -189,12 +254,9 @@ def _serve() -> None:
             answer = ("ok", obj(*args))
         except Exception as e:  # noqa: BLE001 - re-raised in the parent, as the in-process call would raise it
             try:
-                pickle.dumps(e)
-            except Exception:  # noqa: BLE001 - an exception that does not pickle arrives as its text
+                pickle.loads(pickle.dumps(e))
+            except Exception:  # noqa: BLE001 - an exception that does not round-trip arrives as its text
                 e = WorkbenchError(f"{type(e).__name__}: {e}")
             answer = ("error", e)
         _send(stdout, answer)
 
-
-if __name__ == "__main__":
-    _serve()

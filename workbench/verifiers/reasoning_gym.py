@@ -44,14 +44,20 @@ from workbench.verifiers.verdict import DEFAULT_TIME_LIMIT_S, Verdict, Verifier,
 __all__ = ["ReasoningGymVerifier", "entry_to_reference", "reference_to_entry", "extract_answer", "make_rows"]
 
 def _last_answer_tag(text: str) -> str | None:
-    """The text between the last ``</answer>`` and the nearest ``<answer>`` before it, or None.
+    """The content of the last ``<answer>...</answer>``, pairing each ``<answer>`` with the first ``</answer>`` after
+    it, left to right (what ``re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)[-1]`` gives), or None.
 
-    Two ``rfind`` calls, not a lazy ``<answer>(.*?)</answer>`` pattern: that one scans to the end of the text from
-    every unclosed ``<answer>``, so a completion that repeats the tag costs time quadratic in its length.
+    A scan with ``str.find``, not that lazy pattern: the pattern tries again from every ``<answer>`` that has no close
+    and scans to the end each time, so a completion repeating the tag costs time quadratic in its length. Here each
+    stretch of text is scanned once: once an ``<answer>`` has no close after it, no later one has either.
     """
-    close = text.rfind("</answer>")
-    start = text.rfind("<answer>", 0, close) if close >= 0 else -1
-    return None if start < 0 else text[start + len("<answer>"): close]
+    last, pos = None, 0
+    while (start := text.find("<answer>", pos)) >= 0:
+        close = text.find("</answer>", start + len("<answer>"))
+        if close < 0:
+            break
+        last, pos = text[start + len("<answer>"): close], close + len("</answer>")
+    return last
 
 
 def extract_answer(completion: str) -> tuple[str | None, str | None]:
