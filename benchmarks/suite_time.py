@@ -59,19 +59,20 @@ def main() -> int:
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|error|errors)",
                                                 summary.group(1) if summary else "")}
     slowest = sorted(per_test.items(), key=lambda kv: -kv[1])[:25]
-    this_run = {"started": started["started"], "wall_s": wall, "exit_code": proc.returncode, "counts": counts,
+    this_run = {"commit": git_state().get("commit"), "code_sha256": git_state().get("code_sha256"),
+                "started": started["started"], "wall_s": wall, "exit_code": proc.returncode, "counts": counts,
                 "model_cache": "empty at start (fresh WORKBENCH_HOME)", "pytest_args": extra,
                 "load_average": {"start": load_start, "end": list(os.getloadavg())}}
     runs = _earlier_runs() + [this_run]
     write_record("test_suite", {
         "title": "Test suite wall time (benchmarks/suite_time.py)",
         "tables": [
-            {"title": "The suite, each run from an empty model cache",
-             "columns": ["run started", "wall time (min)", "budget (min)", "passed", "failed", "skipped",
+            {"title": "The suite: the recent runs, each from an empty model cache (the last is this record's)",
+             "columns": ["commit", "run started", "wall time (min)", "budget (min)", "passed", "failed", "skipped",
                          "load at start (1 min)"],
-             "rows": [[r["started"], r["wall_s"] / 60, BUDGET_S / 60, r["counts"].get("passed", 0),
+             "rows": [[(r.get("commit") or "?")[:8], r["started"], r["wall_s"] / 60, BUDGET_S / 60, r["counts"].get("passed", 0),
                        r["counts"].get("failed", 0), r["counts"].get("skipped", 0), r["load_average"]["start"][0]]
-                      for r in runs], "formats": ["", ".1f", ".0f", "d", "d", "d", ".2f"]},
+                      for r in runs], "formats": ["", "", ".1f", ".0f", "d", "d", "d", ".2f"]},
             {"title": "Time by test file (s)", "columns": ["file", "seconds"],
              "rows": [[f, s] for f, s in sorted(per_file.items(), key=lambda kv: -kv[1])], "formats": ["", ".0f"]},
             {"title": "The 25 slowest tests (s, setup + call + teardown)", "columns": ["test", "seconds"],
@@ -84,17 +85,17 @@ def main() -> int:
     return proc.returncode
 
 
-def _earlier_runs() -> list[dict]:
-    """The runs of the existing record when it measured this same code (the same code_sha256), else none."""
+def _earlier_runs(keep: int = 5) -> list[dict]:
+    """The runs the existing record holds (the last ``keep``), each with the commit and code it measured, so the
+    record shows every recent run side by side (two runs from two empty caches, and runs before and after a change)."""
     path = RESULTS_DIR / "test_suite.json"
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
-    if old.get("git", {}).get("code_sha256") != git_state().get("code_sha256"):
-        return []
-    return list(old.get("results", {}).get("runs", []))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    git = old.get("git", {})
+    runs = old.get("results", {}).get("runs") or [{
+        "started": old.get("started"), "wall_s": old["results"]["wall_s"], "exit_code": old["results"]["exit_code"],
+        "counts": old["results"]["counts"], "model_cache": "not recorded", "pytest_args": old["results"]["pytest_args"],
+        "load_average": old.get("load_average")}]
+    return [{"commit": git.get("commit"), "code_sha256": git.get("code_sha256"), **r} for r in runs][-keep:]
