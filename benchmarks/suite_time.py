@@ -99,3 +99,7 @@ def _earlier_runs(keep: int = 5) -> list[dict]:
         "counts": old["results"]["counts"], "model_cache": "not recorded", "pytest_args": old["results"]["pytest_args"],
         "load_average": old.get("load_average")}]
     return [{"commit": git.get("commit"), "code_sha256": git.get("code_sha256"), **r} for r in runs][-keep:]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
