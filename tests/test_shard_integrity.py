@@ -95,16 +95,22 @@ def assert_one_line(proc, shard: Path, how: str) -> str:
     return err
 
 
+def run_on_damaged(tmp_path, source: Path, output: str, job: str, how: str):
+    """Damage a copy of ``source``'s ``output`` shards, run ``job`` (its tiny recipe) on it: (error line, shard, copy).
+    The stage must stop in one line before its own run folder exists."""
+    run = place(source, tmp_path / "input")
+    shard = damage(run / output, how)
+    out = tmp_path / job
+    proc = run_cli(job, "--config", f"recipes/tiny/{job}.yaml", f"input_dir={run}", f"output_dir={out}", check=False)
+    err = assert_one_line(proc, shard, how)
+    assert not out.exists(), "the check ran after the stage created its output folder"
+    return err, shard, run
+
+
 @pytest.mark.parametrize("how", DAMAGE)
 def test_pairs_stops_on_damaged_verdicts(tmp_path, made, how):
     """The stage reading the damage (pairs on verify's verdicts) stops in one line, before its run folder exists."""
-    run = place(made["verify"], tmp_path / "verify")
-    shard = damage(run / "verdicts", how)
-    out = tmp_path / "pairs"
-    proc = run_cli("pairs", "--config", "recipes/tiny/pairs.yaml", f"input_dir={run}", f"output_dir={out}",
-                   check=False)
-    err = assert_one_line(proc, shard, how)
-    assert not out.exists(), "the check ran after the stage created its output folder"
+    err, shard, run = run_on_damaged(tmp_path, made["verify"], "verdicts", "pairs", how)
     if how == "extra":
         assert f"rm {shard}" in err
     else:  # the recovery: delete it (unless gone) and rerun the stage that wrote it, with the exact command
@@ -115,13 +121,7 @@ def test_pairs_stops_on_damaged_verdicts(tmp_path, made, how):
 @pytest.mark.parametrize("how", DAMAGE)
 def test_verify_stops_on_damaged_rollouts(tmp_path, made, how):
     """The issue's case: `workbench verify` on damaged rollouts (a pyarrow traceback before)."""
-    roll = place(made["roll"], tmp_path / "roll")
-    shard = damage(roll / "rollouts", how)
-    out = tmp_path / "verify"
-    proc = run_cli("verify", "--config", "recipes/tiny/verify.yaml", f"input_dir={roll}", f"output_dir={out}",
-                   check=False)
-    assert_one_line(proc, shard, how)
-    assert not out.exists(), "the check ran after the stage created its output folder"
+    run_on_damaged(tmp_path, made["roll"], "rollouts", "verify", how)
 
 
 @pytest.mark.parametrize("how", DAMAGE)
