@@ -62,6 +62,7 @@ def kl_estimate(policy_logps: Sequence[float], ref_logps: Sequence[float], promp
         se, how = math.sqrt(_var(d) / n) if n > 1 else float("nan"), "pooled"
     tokens = sum(num_tokens)
     return {"kl": kl, "kl_se": se, "se_method": how, "samples": n, "prompts": len(by_prompt),
+            "per_prompt": {pid: sum(v) / len(v) for pid, v in by_prompt.items()},  # for paired comparisons
             "kl_per_token": sum(d) / tokens if tokens else float("nan"), "tokens": tokens}
 
 

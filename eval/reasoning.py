@@ -35,12 +35,15 @@ class KLConfig:
     """The KL sampling pass: samples of pi itself (T=1, top_p=1), in float32, scored by both models in float32."""
 
     n: int = 4  # samples per prompt (>= 2 gives a within-prompt standard error)
+    prompts: int | None = None  # the KL on the first `prompts` prompts only (accuracy is cheap, the KL pass is not)
     max_tokens: int | None = None  # default: sampling.max_tokens
     dtype: str = "float32"  # the sampler's dtype: the samples must come from the pi that is scored (float32)
 
     def validate(self):
         if self.n < 1:
             raise ValueError(f"kl.n must be >= 1, got {self.n}")
+        if self.prompts is not None and self.prompts < 1:
+            raise ValueError(f"kl.prompts must be >= 1 (or null: every prompt), got {self.prompts}")
 
 
 @register_job("eval_reasoning")
@@ -90,13 +93,16 @@ def _answer_key(details: dict) -> str | None:
 
 def _sampled_from_pi(sampling: SamplingConfig, backend: BackendConfig, dtype: str) -> bool:
     """Were these samples drawn from pi itself, in the dtype that is scored? (Then the KL pass can reuse them.)"""
-    from workbench.generation.backends import _on_cpu, resolve_auto
+    from workbench.generation.backends import _on_cpu, resolve_auto, vllm_cpu_dtype
 
     if sampling.temperature != 1.0 or sampling.top_p != 1.0:
         return False
     kind = backend.backend if backend.backend != "auto" else resolve_auto()
-    # hf on CPU with dtype auto loads float32; vLLM with dtype auto downcasts a float32 model to bf16/fp16.
-    resolved = "float32" if (kind == "hf" and backend.dtype == "auto" and _on_cpu()) else backend.dtype
+    # hf on CPU with dtype auto loads float32; vLLM with dtype auto downcasts a float32 model to bf16/fp16, except on
+    # a CPU without bf16 instructions, where the workbench asks it for float32 (vllm_cpu_dtype).
+    resolved = backend.dtype
+    if backend.dtype == "auto" and _on_cpu():
+        resolved = "float32" if kind == "hf" else vllm_cpu_dtype("auto")
     return resolved in (dtype, "float" if dtype == "float32" else dtype)
 
 
@@ -116,6 +122,16 @@ def _kl_to_reference(cfg: ReasoningEvalConfig, run_, prompts_file, rows: list[di
                 "sampling": "none: the policy is the reference model"}
     reuse = (_sampled_from_pi(cfg.sampling, cfg.backend, cfg.kl.dtype) and cfg.kl.n == cfg.sampling.n
              and max_tokens == cfg.sampling.max_tokens and not cfg.sampling.stop)
+    if cfg.kl.prompts is not None:  # the subset: the first kl.prompts prompts of the eval, in the eval's order
+        lines = [line for line in Path(prompts_file).read_text().splitlines() if line.strip()]
+        keep = {json.loads(line)["id"] for line in lines[:cfg.kl.prompts]}
+        rows = [r for r in rows if r["prompt_id"] in keep]
+        if not reuse and len(keep) < len(lines):
+            from workbench.store.files import atomic_write
+
+            subset = run_.path / "kl_prompts.jsonl"
+            atomic_write(subset, "".join(line + "\n" for line in lines[:cfg.kl.prompts]))
+            prompts_file = subset
     if not reuse:
         kl_cfg = build(rollouts.RolloutsConfig, {
             "job": "rollouts", "run_name": "kl_samples", "output_dir": str(run_.path / "kl_samples"),

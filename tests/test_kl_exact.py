@@ -94,7 +94,7 @@ def enumerate_kl(policy_path, ref_path, prompt, temperature=1.0):
     return total["d"], total["len"], total["d2"]
 
 
-def _eval(tmp_path, backend, policy, ref, n_kl):
+def _eval(tmp_path, backend, policy, ref, n_kl, *extra):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": k, "prompt": " ".join("abc"[i - 3] for i in v), "reference": "1"})
                                + "\n" for k, v in PROMPTS.items()))
@@ -102,7 +102,7 @@ def _eval(tmp_path, backend, policy, ref, n_kl):
     run_cli("eval", "reasoning", "--config", "recipes/tiny/eval_reasoning.yaml", f"output_dir={out}",
             f"model={policy}", f"reference_model={ref}", "task.name=jsonl", f"task.path={prompts}",
             "task.template='{prompt}'", "chat=false", f"backend.backend={backend}", "backend.max_model_len=null",
-            "sampling.temperature=0.7", f"sampling.max_tokens={MAX_TOKENS}", f"kl.n={n_kl}", "k=[1]")
+            "sampling.temperature=0.7", f"sampling.max_tokens={MAX_TOKENS}", f"kl.n={n_kl}", "k=[1]", *extra)
     return json.loads((out / "results.json").read_text())
 
 
@@ -131,6 +131,18 @@ def test_kl_estimate_is_within_3_se_of_the_enumerated_kl(tmp_path, toy_pair, bac
     assert abs(biased - kl_exact) > 5 * m["kl_to_ref_se"], (biased, kl_exact)
 
 
+def test_kl_on_a_subset_of_prompts_samples_only_that_subset(tmp_path, toy_pair):
+    """kl.prompts=1: the KL pass samples and scores only the first prompt (accuracy still covers both), and reports
+    that prompt's value for paired comparisons. (The estimate itself is checked against enumeration above.)"""
+    policy, ref = toy_pair
+    first = list(PROMPTS)[0]
+    res = _eval(tmp_path, "hf", policy, ref, 4, "kl.prompts=1")
+    kl = res["kl"]
+    assert kl["prompts"] == 1 and kl["samples"] == 4 and set(kl["per_prompt"]) == {first}
+    assert res["counts"]["prompts"] == 2
+    assert kl["per_prompt"][first] == pytest.approx(kl["kl"])
+
+
 def test_kl_estimate_standard_error_by_hand():
     from workbench_eval.diagnostics import kl_estimate
 
@@ -138,6 +150,7 @@ def test_kl_estimate_standard_error_by_hand():
     # Within-prompt variances: 2 and 2; se = sqrt(2/2 + 2/2) / 2 = sqrt(2) / 2.
     out = kl_estimate([1.0, 3.0, 0.5, 2.5], [0.0, 0.0, 0.5, 0.5], ["a", "a", "b", "b"], [1, 3, 2, 2])
     assert out["kl"] == pytest.approx(1.5) and out["kl_se"] == pytest.approx(math.sqrt(2) / 2)
+    assert out["per_prompt"] == {"a": pytest.approx(2.0), "b": pytest.approx(1.0)}
     assert out["kl_per_token"] == pytest.approx(6.0 / 8) and out["se_method"] == "within-prompt"
     # One sample per prompt: the pooled sample variance of d = [1, 3] is 2, se = sqrt(2 / 2) = 1.
     out = kl_estimate([1.0, 3.0], [0.0, 0.0], ["a", "b"], [1, 1])

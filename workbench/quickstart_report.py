@@ -1,13 +1,13 @@
 """The quickstart's final report: both halves' tables, plots, and a plain statement of what helped and what did not.
 
-A difference is called an improvement only when it exceeds two standard errors (binomial, over the held-out samples
-for accuracy; over queries for nDCG@10); otherwise the report says the methods are indistinguishable at this size.
+A difference is called an improvement only when its 95% interval excludes 0: a paired bootstrap over the held-out
+prompts (queries), each prompt's outcome compared between the two systems (``workbench_eval.stats``). Otherwise the
+report says the methods are indistinguishable at this size. Every bar in the plots carries its 95% interval.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -21,28 +21,51 @@ def _results(out: Path, name: str) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def _verdict(a: float, b: float, se: float, what: str, better: str, base: str) -> str:
-    diff = b - a
-    if abs(diff) <= 2 * se:
-        return (f"{better} vs {base}: {what} {b:.3f} vs {a:.3f} ({diff:+.3f}, 2 s.e. = {2 * se:.3f}): no difference "
-                "we can distinguish at this size.")
+def _verdict(a: float, b: float, ci: dict, what: str, better: str, base: str) -> str:
+    diff, lo, hi = ci["delta"], ci["ci_low"], ci["ci_high"]
+    span = f"{b:.3f} vs {a:.3f} ({diff:+.3f}, paired 95% CI [{lo:+.3f}, {hi:+.3f}] over {ci['prompts']} prompts)"
+    if not ci["excludes_zero"]:
+        return f"{better} vs {base}: {what} {span}: no difference we can distinguish at this size."
     word = "improved" if diff > 0 else "hurt"
-    return f"{better} vs {base}: {what} {b:.3f} vs {a:.3f} ({diff:+.3f}, beyond 2 s.e. = {2 * se:.3f}): {better} {word} it."
+    return f"{better} vs {base}: {what} {span}: {better} {word} it."
 
 
-def _bars(path: Path, labels: list[str], series: dict[str, list[float]], title: str) -> None:
+def _paired(a: dict[str, float], b: dict[str, float]) -> dict:
+    """b minus a, paired over the prompts both have (the same held-out set, so all of them)."""
+    from workbench_eval.stats import paired_bootstrap
+
+    common = sorted(set(a) & set(b))
+    return paired_bootstrap({p: [b[p]] for p in common}, {p: [a[p]] for p in common})
+
+
+def _interval(values: dict[str, float]) -> tuple[float, float]:
+    """(down, up) error-bar lengths: the 95% bootstrap interval of the mean over prompts."""
+    from workbench_eval.stats import mean_interval
+
+    if not values:
+        return 0.0, 0.0
+    ci = mean_interval(values)
+    return ci["mean"] - ci["ci_low"], ci["ci_high"] - ci["mean"]
+
+
+def _bars(path: Path, labels: list[str], series: dict[str, list[float]], title: str,
+          errors: dict[str, list[tuple[float, float]]] | None = None) -> None:
+    """One panel per metric; ``errors[metric]`` gives each bar's (down, up) 95% interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    errors = errors or {}
     fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 3.4), squeeze=False)
     for ax, (metric, vals) in zip(axes[0], series.items()):
-        ax.bar(range(len(labels)), vals, color=[f"C{i}" for i in range(len(labels))])
+        err = errors.get(metric)
+        yerr = [[e[0] for e in err], [e[1] for e in err]] if err else None
+        ax.bar(range(len(labels)), vals, yerr=yerr, capsize=4, color=[f"C{i}" for i in range(len(labels))])
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
-        ax.set_title(metric, fontsize=9)
+        ax.set_title(metric + (" (95% CI)" if err else ""), fontsize=9)
         for i, v in enumerate(vals):
-            ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
+            ax.text(i, v, f"{v:.3f}", ha="left", va="bottom", fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     # Through a temp file and a rename, like every other output: a kill mid-save leaves no half PNG.
@@ -50,6 +73,18 @@ def _bars(path: Path, labels: list[str], series: dict[str, list[float]], title: 
     fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _per_prompt_lengths(run_dir: Path) -> dict[str, float]:
+    p = run_dir / "samples.parquet"
+    if not p.exists():
+        return {}
+    import pyarrow.parquet as pq
+
+    by: dict[str, list[int]] = {}
+    for r in pq.read_table(p, columns=["prompt_id", "num_tokens"]).to_pylist():
+        by.setdefault(str(r["prompt_id"]), []).append(r["num_tokens"])
+    return {k: sum(v) / len(v) for k, v in by.items()}
 
 
 def _policy_section(out: Path) -> tuple[list[str], list[str]]:
@@ -77,19 +112,23 @@ def _policy_section(out: Path) -> tuple[list[str], list[str]]:
                      f"{m['mean_length']:.1f} | {r['counts']['samples']} |")
     base = dict(rows).get("base")
     verdicts = []
+    acc = {label: {p: q["accuracy"] for p, q in (r.get("per_query") or {}).items()} for label, r in rows}
     if base:
-        a, n = base["metrics"]["accuracy"], base["counts"]["samples"]
+        a = base["metrics"]["accuracy"]
         for label, r in rows[1:]:
-            b = r["metrics"]["accuracy"]
-            se = math.sqrt(max(a * (1 - a), b * (1 - b), 1e-9) * 2 / n)
-            verdicts.append("- " + _verdict(a, b, se, "held-out accuracy", label, "base"))
+            verdicts.append("- " + _verdict(a, r["metrics"]["accuracy"], _paired(acc["base"], acc[label]),
+                                            "held-out accuracy", label, "base"))
             verdicts.append(f"- {label}'s KL to the base model: {r['metrics'].get('kl_to_ref', float('nan')):.3f} "
-                            f"nats per completion; mean length {r['metrics']['mean_length']:.1f} vs "
-                            f"{base['metrics']['mean_length']:.1f} tokens.")
+                            f"(s.e. {r['metrics'].get('kl_to_ref_se', float('nan')):.3f}) nats per completion; mean "
+                            f"length {r['metrics']['mean_length']:.1f} vs {base['metrics']['mean_length']:.1f} tokens.")
+    lengths = {label: _per_prompt_lengths(out / name) for label, name in POLICY}
+    kl_err = [(1.96 * r["metrics"].get("kl_to_ref_se", 0.0),) * 2 for _, r in rows]
     _bars(out / "policy.png", [label for label, _ in rows],
           {"accuracy": [r["metrics"]["accuracy"] for _, r in rows],
            "KL to base": [r["metrics"].get("kl_to_ref", 0.0) for _, r in rows],
-           "mean length": [r["metrics"]["mean_length"] for _, r in rows]}, "Policy half (held-out prompts)")
+           "mean length": [r["metrics"]["mean_length"] for _, r in rows]}, "Policy half (held-out prompts)",
+          errors={"accuracy": [_interval(acc[label]) for label, _ in rows], "KL to base": kl_err,
+                  "mean length": [_interval(lengths.get(label, {})) for label, _ in rows]})
     return lines + [""] + verdicts + ["", "![policy](policy.png)", ""], ["policy.png"]
 
 
@@ -107,16 +146,13 @@ def _retrieval_section(out: Path) -> list[str]:
     verdicts = []
     base = by.get("MiniLM (base)")
     if base:
-        import statistics
-
         for label in ("MiniLM + ws2", "MiniLM + infonce"):
             r = by.get(label)
             if not r:
                 continue
-            diffs = [r["per_query"][q]["nDCG@10"] - base["per_query"][q]["nDCG@10"]
-                     for q in base["per_query"] if q in r["per_query"]]
-            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
-            verdicts.append("- " + _verdict(base["metrics"]["nDCG@10"], r["metrics"]["nDCG@10"], se, "nDCG@10",
+            ci = _paired({q: v["nDCG@10"] for q, v in base["per_query"].items()},
+                         {q: v["nDCG@10"] for q, v in r["per_query"].items()})
+            verdicts.append("- " + _verdict(base["metrics"]["nDCG@10"], r["metrics"]["nDCG@10"], ci, "nDCG@10",
                                             label, "MiniLM (base)"))
     cal = out / "retrieval_lists" / "calibration.json"
     if cal.exists():
@@ -133,7 +169,9 @@ def _retrieval_section(out: Path) -> list[str]:
             lines += ["", "![calibration](retrieval_lists/calibration.png)"]
     _bars(out / "retrieval.png", [label for label, _ in rows],
           {"nDCG@10": [r["metrics"]["nDCG@10"] for _, r in rows],
-           "Recall@100": [r["metrics"]["Recall@100"] for _, r in rows]}, "Retrieval half (held-out claims)")
+           "Recall@100": [r["metrics"]["Recall@100"] for _, r in rows]}, "Retrieval half (held-out claims)",
+          errors={m: [_interval({q: v[m] for q, v in (r.get("per_query") or {}).items() if m in v}) for _, r in rows]
+                  for m in ("nDCG@10", "Recall@100")})
     return lines + [""] + verdicts + ["", "![retrieval](retrieval.png)", ""]
 
 

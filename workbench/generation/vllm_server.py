@@ -39,7 +39,7 @@ import urllib.request
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-from workbench.generation.backends.base import BackendConfig, _on_cpu
+from workbench.generation.backends.base import BackendConfig, _on_cpu, vllm_cpu_dtype
 
 # vllm_worker.EXTENSION, spelled out: importing that module imports vLLM (and patches it on CPU), which the launcher
 # and the `workbench serve` process do not need.
@@ -54,7 +54,7 @@ def server_command(model_path: str, port: int, cfg: BackendConfig, host: str = "
     # parameters (the client sends every parameter explicitly anyway; this keeps curl users on pi too).
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--host", host,
             "--port", str(port), "--worker-extension-cls", EXTENSION, "--generation-config", "vllm",
-            "--seed", str(seed), "--dtype", cfg.dtype]
+            "--seed", str(seed), "--dtype", vllm_cpu_dtype(cfg.dtype) if cpu else cfg.dtype]
     if cfg.trust_remote_code:
         argv.append("--trust-remote-code")
     if cfg.max_model_len:

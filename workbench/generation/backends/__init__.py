@@ -40,7 +40,8 @@ import pkgutil as _pkgutil
 
 from workbench.generation.backends.base import (BACKENDS, NAMES, BackendConfig, Completion, GenerationBackend,
                                                 SamplingConfig, _on_cpu, derive_seed, register_backend,
-                                                render_prompts, resolve_auto, tokenize_prompts, vllm_available)
+                                                render_prompts, resolve_auto, tokenize_prompts, vllm_available,
+                                                vllm_cpu_dtype)
 
 for _m in _pkgutil.iter_modules(__path__):
     if _m.name != "base":
@@ -54,7 +55,8 @@ assert set(BACKENDS) == set(NAMES), (BACKENDS, NAMES)  # every module registered
 
 __all__ = ["SamplingConfig", "BackendConfig", "Completion", "GenerationBackend", "make_backend", "vllm_available",
            "render_prompts", "tokenize_prompts", "derive_seed", "plain_generation", "register_backend",
-           "BACKENDS", "NAMES", "resolve_auto", "VLLMBackend", "HFBackend", "FakeBackend", "first_stop", "_on_cpu"]
+           "BACKENDS", "NAMES", "resolve_auto", "VLLMBackend", "HFBackend", "FakeBackend", "first_stop", "_on_cpu",
+           "vllm_cpu_dtype"]
 
 
 def make_backend(model: str, cfg: BackendConfig, seed: int = 0) -> GenerationBackend:

@@ -33,7 +33,7 @@ class SamplingConfig:
 @dataclass
 class BackendConfig:
     backend: str = "auto"  # auto | a registered backend (vllm, hf, fake): workbench.generation.backends.NAMES
-    dtype: str = "auto"  # auto = bfloat16 on GPU, float32 on CPU for hf; vLLM decides for itself
+    dtype: str = "auto"  # auto = bfloat16 on GPU; on CPU float32, or for vLLM bf16 where the CPU has bf16 (cpu_dtype)
     max_model_len: int | None = None
     # vLLM on GPUs
     tensor_parallel_size: int = 1
@@ -115,6 +115,30 @@ def render_prompts(tokenizer, prompts: Sequence) -> list[str]:
         else:
             out.append(tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True))
     return out
+
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """Does this CPU multiply bf16 in hardware (AVX512-BF16 or AMX)? Without it, bf16 matmuls are emulated: measured
+    on a 2-core AVX2 EPYC, vLLM-CPU decodes SmolLM2 at 35 tok/s in bf16 and 181 tok/s in float32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False  # not Linux: no way to tell here, and float32 is never the slow choice
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def vllm_cpu_dtype(dtype: str) -> str:
+    """What ``dtype: auto`` means for vLLM on a CPU: vLLM itself would pick bf16 for a bf16 checkpoint, which is
+    five times slower than float32 where the CPU has no bf16 instructions (most laptops: AVX2)."""
+    if dtype != "auto":
+        return dtype
+    return "auto" if cpu_has_fast_bf16() else "float32"
 
 
 def _on_cpu() -> bool:

@@ -8,7 +8,7 @@ import os
 from typing import Sequence
 
 from workbench.generation.backends.base import (BackendConfig, Completion, SamplingConfig, _on_cpu, derive_seed,
-                                                register_backend, render_prompts, tokenize_prompts)
+                                                register_backend, render_prompts, tokenize_prompts, vllm_cpu_dtype)
 
 
 @register_backend("vllm")
@@ -31,8 +31,9 @@ class VLLMBackend:
         from vllm import LLM
 
         # generation_config="vllm": ignore the model's generation_config.json (see the module docstring).
+        dtype = vllm_cpu_dtype(cfg.dtype) if cpu else cfg.dtype  # float32 on CPUs without bf16 instructions
         kwargs = dict(model=model_path, seed=seed, enforce_eager=cfg.enforce_eager or cpu,
-                      trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype, generation_config="vllm")
+                      trust_remote_code=cfg.trust_remote_code, dtype=dtype, generation_config="vllm")
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
         if weight_sync:

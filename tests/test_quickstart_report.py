@@ -1,0 +1,63 @@
+"""The quickstart report's verdicts and plots: paired 95% intervals, error bars on every compared bar.
+
+Built on hand-made result folders, so the expected verdicts are known: a method that fixes 60 of 100 prompts the base
+failed is an improvement, one that flips as many prompts each way is not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from workbench import quickstart_report
+
+
+def _write(folder: Path, metrics: dict, per_query: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"metrics": metrics, "per_query": per_query,
+                                                     "counts": {"samples": 2 * len(per_query)}}))
+
+
+@pytest.fixture
+def out(tmp_path):
+    base = {f"q{i}": {"accuracy": 1.0 if i < 30 else 0.0} for i in range(100)}
+    better = {f"q{i}": {"accuracy": 1.0 if i < 90 else 0.0} for i in range(100)}  # 60 more solved, none lost
+    swapped = {f"q{i}": {"accuracy": 1.0 if 30 <= i < 60 else 0.0} for i in range(100)}  # 30 gained, 30 lost
+    mean = lambda pq: sum(v["accuracy"] for v in pq.values()) / len(pq)  # noqa: E731
+    for name, pq, kl in (("policy_eval_base", base, 0.0), ("policy_eval_dpo", better, 0.4),
+                         ("policy_eval_hypo", swapped, 0.2)):
+        _write(tmp_path / name, {"accuracy": mean(pq), "mean_length": 20.0, "kl_to_ref": kl, "kl_to_ref_se": 0.05},
+               pq)
+    ndcg = {f"c{i}": {"nDCG@10": 0.5, "Recall@100": 0.8} for i in range(40)}
+    _write(tmp_path / "retrieval_eval_minilm", {"nDCG@10": 0.5, "Recall@100": 0.8}, ndcg)
+    _write(tmp_path / "retrieval_eval_ws2", {"nDCG@10": 0.5, "Recall@100": 0.8}, ndcg)
+    return tmp_path
+
+
+def test_verdicts_use_the_paired_interval(out, monkeypatch):
+    calls = []
+    monkeypatch.setattr(quickstart_report, "_bars", lambda *a, **k: calls.append((a, k)))
+    text = quickstart_report.write_report(out, [], {}).read_text()
+    dpo = next(line for line in text.splitlines() if line.startswith("- DPO vs base"))
+    hypo = next(line for line in text.splitlines() if line.startswith("- HyPO vs base"))
+    ws2 = next(line for line in text.splitlines() if line.startswith("- MiniLM + ws2 vs"))
+    # DPO: +0.60 on every changed prompt, all in one direction: the interval is far from 0.
+    assert "+0.600" in dpo and "DPO improved it" in dpo and "paired 95% CI" in dpo
+    # HyPO: the same accuracy as base (30 gained, 30 lost): indistinguishable.
+    assert "+0.000" in hypo and "no difference we can distinguish" in hypo
+    assert "no difference we can distinguish" in ws2  # identical per-query values
+    # Every compared bar has an error bar: accuracy and length from the prompts, KL from its s.e.
+    (args, kwargs), = [c for c in calls if c[0][0].name == "policy.png"]
+    errors = kwargs["errors"]
+    assert set(errors) == {"accuracy", "KL to base", "mean length"}
+    down, up = errors["accuracy"][0]  # base: 30 of 100, a 95% interval of about +-0.09
+    assert 0.06 < down < 0.12 and 0.06 < up < 0.12
+    assert errors["KL to base"][1] == (pytest.approx(1.96 * 0.05),) * 2
+    (args, kwargs), = [c for c in calls if c[0][0].name == "retrieval.png"]
+    assert set(kwargs["errors"]) == {"nDCG@10", "Recall@100"}
+
+
+def test_the_plots_are_written(out):
+    quickstart_report.write_report(out, [], {})
+    assert (out / "policy.png").stat().st_size > 0 and (out / "retrieval.png").stat().st_size > 0
