@@ -122,7 +122,7 @@ def test_aggregate_pools_seeds_per_prompt_and_pairs_against_base():
     lines = "\n".join(pq.goals(agg))
     assert "DPO b=0.1 vs base, greedy held-out accuracy: +0.300" in lines and "beats base" in lines
     assert "DPO b=0.1 transfer (forgetting) vs base: -0.050" in lines and "loses more than" in lines
-    assert "HyPO's KL is lower" in lines
+    assert "lower, CI below 0" in lines and "HyPO's KL is lower than DPO's' is met" in lines
 
 
 def test_the_plots_carry_error_bars(tmp_path, monkeypatch):
@@ -140,3 +140,137 @@ def test_the_plots_carry_error_bars(tmp_path, monkeypatch):
     assert len(files) == 2 and all(Path(f).exists() for f in files)
     assert len(bars) == 3 and all(k.get("yerr") is not None for k in bars)
     assert errorbars and all(k.get("yerr") is not None and k.get("xerr") is not None for k in errorbars)
+
+
+def test_metric_by_prompt_reads_each_metric_by_hand():
+    rec = _record("DPO b=0.1", "dpo", 0, range(3), {"p0": 0.25}, {"beta": 0.1})
+    o = rec["results"]["outcomes"]
+    o["sampled"]["correct"]["p0"] = 3  # 3 of 4 samples right: 0.75, not 3
+    o["sampled"]["per_query"]["p1"] = {"pass@4": 1.0, "maj@4": 0.0}
+    assert pq._metric_by_prompt(rec, "sampled")["p0"] == pytest.approx(0.75)
+    assert pq._metric_by_prompt(rec, "greedy")["p0"] == 1.0 and pq._metric_by_prompt(rec, "greedy")["p5"] == 0.0
+    assert pq._metric_by_prompt(rec, "pass@4")["p1"] == 1.0 and pq._metric_by_prompt(rec, "maj@4")["p1"] == 0.0
+    assert pq._metric_by_prompt(rec, "transfer")["t9"] == 1.0 and pq._metric_by_prompt(rec, "transfer")["t10"] == 0.0
+    assert pq._metric_by_prompt(rec, "kl") == {"p0": 0.25}
+    assert pq._metric_by_prompt(_record("base", "base", 0, range(3)), "kl") == {}
+    with pytest.raises(KeyError):
+        pq._metric_by_prompt(rec, "nonsense")
+
+
+def test_the_config_hash_for_every_setting_family():
+    units = {u.name: u for u in pq.plan()}
+    mode = pq.mode_settings(False)
+    h = lambda u, m: pq.config_hash(units[u], m, {"train": "x"})  # noqa: E731
+    everyone = ("base-s0", "dpo-beta0.1-s0", "hypo-beta0.1-lam0.5-s0", "grpo-s0", "veripo-iterations2-s0")
+    moves = {  # setting -> the units whose hash it must move (all others: unchanged)
+        "data": {"dpo-beta0.1-s0", "hypo-beta0.1-lam0.5-s0"},
+        "grpo_optim": {"grpo-s0", "veripo-iterations2-s0"},
+        "pref_optim": {"dpo-beta0.1-s0", "hypo-beta0.1-lam0.5-s0", "veripo-iterations2-s0"},
+        "lora": {"dpo-beta0.1-s0", "hypo-beta0.1-lam0.5-s0", "grpo-s0", "veripo-iterations2-s0"},
+        "dpo": {"dpo-beta0.1-s0", "hypo-beta0.1-lam0.5-s0", "veripo-iterations2-s0"},
+        "hypo": {"hypo-beta0.1-lam0.5-s0"},
+        "grpo": {"grpo-s0", "veripo-iterations2-s0"},
+        "veripo": {"veripo-iterations2-s0"},
+        "eval": set(everyone), "template": set(everyone), "max_tokens": set(everyone), "model": set(everyone),
+        "backend": set(everyone),
+    }
+    assert set(moves) | {"task"} == set(mode), "every settings group is covered"
+    for key, expected in moves.items():
+        changed = {**mode, key: {"changed": True}}
+        moved = {u for u in everyone if h(u, mode) != h(u, changed)}
+        assert moved == expected, key
+    # the setting itself is part of the unit: HyPO at another lambda is another unit
+    assert h("hypo-beta0.1-lam0.5-s0", mode) != h("hypo-beta0.1-lam2.0-s0", mode)
+
+
+def test_identical_seeds_give_the_interval_of_one_seed_through_aggregate():
+    # A method recorded twice with the same outcomes (two "seeds") must give exactly the one-seed interval: the
+    # prompts are the clusters. Flattening (prompt, seed) rows would shrink it by about sqrt(2).
+    base = [_record("base", "base", 0, range(30))]
+    one = pq.aggregate(base + [_record("DPO b=0.1", "dpo", 0, [i for i in range(100) if i % 3 == 0],
+                                       {"p0": 0.2}, {"beta": 0.1})])
+    two = pq.aggregate(base + [_record("DPO b=0.1", "dpo", s, [i for i in range(100) if i % 3 == 0], {"p0": 0.2},
+                                       {"beta": 0.1}) for s in (0, 1)])
+    a, b = one["comparisons"]["DPO b=0.1 - base"]["greedy"], two["comparisons"]["DPO b=0.1 - base"]["greedy"]
+    assert a["ci_high"] - a["ci_low"] > 0.05  # a real interval, not a degenerate one
+    assert (a["delta"], a["ci_low"], a["ci_high"]) == (b["delta"], b["ci_low"], b["ci_high"])
+    assert (a["seeds_a"], b["seeds_a"]) == (1, 2)
+
+
+def test_a_method_on_other_prompts_than_base_is_refused():
+    recs = [_record("base", "base", 0, range(30)), _record("DPO b=0.1", "dpo", 0, range(50), {"p0": 0.2},
+                                                             {"beta": 0.1})]
+    del recs[1]["results"]["outcomes"]["greedy"]["correct"]["p99"]
+    with pytest.raises(ValueError, match="different prompts"):
+        pq.aggregate(recs)
+
+
+def test_hypo_is_matched_with_dpo_only_at_the_same_beta():
+    kl = {f"p{i}": 0.3 for i in range(10)}
+    recs = [_record("base", "base", 0, range(30)),
+            _record("DPO b=0.1", "dpo", 0, range(40), kl, {"beta": 0.1}),
+            _record("DPO b=0.5", "dpo", 0, range(40), kl, {"beta": 0.5}),
+            _record("HyPO l=0.5", "hypo", 0, range(40), kl, {"beta": 0.1, "lam": 0.5}),
+            _record("HyPO l=2", "hypo", 0, range(40), kl, {"beta": 0.1, "lam": 2.0})]
+    keys = {k for k in pq.aggregate(recs)["comparisons"] if not k.endswith(" - base")}
+    assert keys == {"HyPO l=0.5 - DPO b=0.1", "HyPO l=2 - DPO b=0.1"}
+
+
+def test_goals_say_so_when_a_goal_is_not_met():
+    # DPO equals base on every prompt (no gain); HyPO's KL is lower on average (0.35 vs 0.40) but its per-prompt
+    # differences are -0.4 on ten prompts and +0.3 on ten: the interval (se about 0.08) includes 0.
+    kl_d = {f"p{i}": 0.4 for i in range(20)}
+    kl_h = {f"p{i}": 0.0 if i < 10 else 0.7 for i in range(20)}
+    recs = [_record("base", "base", 0, range(30)),
+            _record("DPO b=0.1", "dpo", 0, range(30), kl_d, {"beta": 0.1}, transfer_correct=range(9)),
+            _record("HyPO l=0.5", "hypo", 0, range(30), kl_h, {"beta": 0.1, "lam": 0.5})]
+    agg = pq.aggregate(recs)
+    assert agg["comparisons"]["HyPO l=0.5 - DPO b=0.1"]["kl"]["delta"] == pytest.approx(-0.05)
+    lines = pq.goals(agg)
+    dpo = next(x for x in lines if x.startswith("DPO b=0.1 vs base"))
+    assert "+0.000" in dpo and "does NOT beat base" in dpo
+    # transfer: 9/50 against 10/50, a loss of exactly 2 points, is within the budget ("more than 2 points" is not met)
+    t = next(x for x in lines if x.startswith("DPO b=0.1 transfer"))
+    assert "-0.020" in t and "within" in t
+    hd = next(x for x in lines if x.startswith("HyPO l=0.5 - DPO b=0.1"))
+    assert "equal within the CI" in hd and "not shown lower" in hd and "is NOT met" in hd
+
+
+def test_an_exact_two_point_transfer_loss_with_three_seeds_is_within_the_budget():
+    # Base solves t0-t9 on three seeds; DPO seeds 0 and 1 the same, seed 2 solves t4-t10. Pooled per prompt: t0-t3
+    # lose 1/3 each, t10 gains 1/3, a net -1/50 = exactly -0.02 -- a 2-point loss, which the goal allows. In floating
+    # point the thirds sum to -0.020000000000000004, so a `delta >= -0.02` test calls it "loses more than".
+    recs = [_record("base", "base", s, range(30)) for s in (0, 1, 2)]
+    recs += [_record("DPO b=0.1", "dpo", s, range(30), {"p0": 0.1}, {"beta": 0.1},
+                     transfer_correct=range(10) if s < 2 else range(4, 11)) for s in (0, 1, 2)]
+    agg = pq.aggregate(recs)
+    assert agg["comparisons"]["DPO b=0.1 - base"]["transfer"]["delta"] == pytest.approx(-0.02)
+    t = next(x for x in pq.goals(agg) if x.startswith("DPO b=0.1 transfer"))
+    assert "within" in t, t
+
+
+def test_the_error_bars_are_the_interval_lengths_by_hand(tmp_path, monkeypatch):
+    # base solves 0-29 and DPO 0-59: the paired differences are 1 on 30 prompts, 0 elsewhere; the bars' error lengths
+    # must be delta - ci_low and ci_high - delta (not the interval's ends). The KL point: two seeds, s.e. 0.01 each,
+    # so the mean's s.e. is 0.01 / sqrt(2) and its half-width 1.96 * 0.01 / sqrt(2); its height 0.3 + 0.3 = 0.6.
+    recs = [_record("base", "base", 0, range(30))]
+    recs += [_record("DPO b=0.1", "dpo", s, range(60), {"p0": 0.2 + 0.2 * s}, {"beta": 0.1}) for s in (0, 1)]
+    agg = pq.aggregate(recs)
+    import matplotlib.axes
+
+    bars, errorbars = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", lambda self, *a, **k: bars.append((a, k)))
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, *a, **k: errorbars.append((a, k)))
+    pq.plots(agg, tmp_path)
+    c = agg["comparisons"]["DPO b=0.1 - base"]["greedy"]
+    assert c["delta"] == pytest.approx(0.3) and 0.2 < c["ci_low"] < 0.3 < c["ci_high"] < 0.4
+    (args, k) = bars[0]  # the greedy panel
+    assert list(args[1]) == [pytest.approx(0.3)]
+    (down,), (up,) = k["yerr"]
+    assert down == pytest.approx(0.3 - c["ci_low"]) and up == pytest.approx(c["ci_high"] - 0.3)
+    (args, k), = errorbars
+    assert args[0] == [pytest.approx(0.3)] and args[1] == [pytest.approx(0.6)]  # KL mean of 0.2 and 0.4; accuracy
+    (xd,), (xu,) = k["xerr"]
+    assert xd == pytest.approx(1.96 * 0.01 / math.sqrt(2)) and xu == pytest.approx(xd)
+    (yd,), (yu,) = k["yerr"]
+    assert yd == pytest.approx(0.3 - c["ci_low"]) and yu == pytest.approx(c["ci_high"] - 0.3)

@@ -61,3 +61,64 @@ def test_verdicts_use_the_paired_interval(out, monkeypatch):
 def test_the_plots_are_written(out):
     quickstart_report.write_report(out, [], {})
     assert (out / "policy.png").stat().st_size > 0 and (out / "retrieval.png").stat().st_size > 0
+
+
+def test_a_method_that_loses_prompts_is_called_hurt(out, monkeypatch):
+    # DPO solves only q0-q9 of base's q0-q29: -0.200 on every changed prompt, all one way.
+    worse = {f"q{i}": {"accuracy": 1.0 if i < 10 else 0.0} for i in range(100)}
+    r = json.loads((out / "policy_eval_dpo" / "results.json").read_text())
+    r["per_query"], r["metrics"]["accuracy"] = worse, 0.1
+    (out / "policy_eval_dpo" / "results.json").write_text(json.dumps(r))
+    monkeypatch.setattr(quickstart_report, "_bars", lambda *a, **k: None)
+    text = quickstart_report.write_report(out, [], {}).read_text()
+    dpo = next(line for line in text.splitlines() if line.startswith("- DPO vs base"))
+    assert "-0.200" in dpo and "DPO hurt it" in dpo and "improved" not in dpo
+
+
+def test_each_bar_gets_its_own_interval(out, monkeypatch):
+    # By hand (normal approximation of the bootstrap): base 30/100 -> 1.96 * sqrt(0.21 / 100) = 0.090; DPO 90/100 ->
+    # 1.96 * sqrt(0.09 / 100) = 0.059. Error bars computed from the wrong system's prompts would not tell them apart.
+    calls = []
+    monkeypatch.setattr(quickstart_report, "_bars", lambda *a, **k: calls.append((a, k)))
+    quickstart_report.write_report(out, [], {})
+    (args, kwargs), = [c for c in calls if c[0][0].name == "policy.png"]
+    assert args[1] == ["base", "DPO", "HyPO"]
+    acc = kwargs["errors"]["accuracy"]
+    assert sum(acc[0]) / 2 == pytest.approx(0.090, abs=0.01) and sum(acc[1]) / 2 == pytest.approx(0.059, abs=0.01)
+
+
+def test_length_error_bars_pool_each_prompts_samples(out, monkeypatch):
+    # Every prompt has two samples of 10 and 30 tokens: each prompt's mean is 20, so the mean over prompts has no
+    # spread at all and the interval is (0, 0). Resampling samples instead of prompts would give a nonzero bar.
+    import pyarrow as pa
+    import pyarrow.parquet as papq
+
+    rows = [{"prompt_id": f"q{i}", "num_tokens": n} for i in range(100) for n in (10, 30)]
+    papq.write_table(pa.Table.from_pylist(rows), out / "policy_eval_base" / "samples.parquet")
+    # DPO: half the prompts at 10 tokens, half at 30 (one sample each): half-width about 1.96 * 10 / 10 = 1.96.
+    rows = [{"prompt_id": f"q{i}", "num_tokens": 10 if i % 2 else 30} for i in range(100)]
+    papq.write_table(pa.Table.from_pylist(rows), out / "policy_eval_dpo" / "samples.parquet")
+    calls = []
+    monkeypatch.setattr(quickstart_report, "_bars", lambda *a, **k: calls.append((a, k)))
+    quickstart_report.write_report(out, [], {})
+    (args, kwargs), = [c for c in calls if c[0][0].name == "policy.png"]
+    length = kwargs["errors"]["mean length"]
+    assert length[0] == (pytest.approx(0.0, abs=1e-9), pytest.approx(0.0, abs=1e-9))
+    assert sum(length[1]) / 2 == pytest.approx(1.96, rel=0.15)
+    assert length[2] == (0.0, 0.0)  # HyPO has no samples file: no bar to draw an interval for
+
+
+def test_a_comparison_on_different_prompts_is_not_silently_intersected(out, monkeypatch):
+    # DPO's results cover only q0-q49 (say a truncated run): comparing it with base on the 50 common prompts and
+    # printing it next to accuracies over 100 prompts is the silent intersection workbench_eval.stats refuses.
+    r = json.loads((out / "policy_eval_dpo" / "results.json").read_text())
+    r["per_query"] = {q: v for q, v in r["per_query"].items() if int(q[1:]) < 50}
+    (out / "policy_eval_dpo" / "results.json").write_text(json.dumps(r))
+    monkeypatch.setattr(quickstart_report, "_bars", lambda *a, **k: None)
+    try:
+        text = quickstart_report.write_report(out, [], {}).read_text()
+    except ValueError as e:  # refusing is one acceptable answer
+        assert "different prompts" in str(e)
+        return
+    dpo = next(line for line in text.splitlines() if line.startswith("- DPO vs base"))
+    assert "different prompts" in dpo and "improved" not in dpo, dpo  # saying so, and no verdict, is the other

@@ -102,3 +102,39 @@ def test_the_interval_is_reproducible_from_its_seed():
     a = {f"p{i}": [float(i % 3 == 0)] for i in range(50)}
     b = {f"p{i}": [float(i % 5 == 0)] for i in range(50)}
     assert paired_bootstrap(a, b, seed=11) == paired_bootstrap(a, b, seed=11)
+
+
+def test_pairing_is_by_prompt_id_not_by_dict_order():
+    # The same constant difference as above, but b's prompts are inserted in the reverse order. Pairing by position
+    # (zip of the two dicts' values) would pair p0 with p199 and give a wide interval around 0.25.
+    b_items = [(f"p{i}", [float(i % 2)]) for i in range(200)]
+    a = {p: [v[0] + 0.25] for p, v in b_items}
+    b = dict(reversed(b_items))
+    out = paired_bootstrap(a, b, resamples=500)
+    assert out["delta"] == pytest.approx(0.25)
+    assert out["ci_low"] == pytest.approx(0.25) and out["ci_high"] == pytest.approx(0.25)
+
+
+def test_the_level_sets_the_percentiles():
+    # The enumerated distribution above (means 0, 1/3, 2/3, 1 with probabilities 8, 12, 6, 1 / 27; cumulative
+    # 0.296, 0.741, 0.963, 1): at level 0.8 the 10% quantile is 0 and the 90% quantile is 2/3 (0.741 < 0.9 < 0.963).
+    a = {"x": [0.0], "y": [0.0], "z": [1.0]}
+    b = {"x": [0.0], "y": [0.0], "z": [0.0]}
+    out = paired_bootstrap(a, b, resamples=20_000, seed=3, level=0.8)
+    assert out["ci_low"] == 0.0 and out["ci_high"] == pytest.approx(2 / 3)
+    assert out["level"] == 0.8
+
+
+def test_mean_interval_by_enumeration_and_by_hand():
+    from workbench_eval.stats import mean_interval
+
+    # One system's values 0, 0, 1: the same 27 resamples as above, so mean 1/3 and the 95% interval [0, 1].
+    out = mean_interval({"x": 0.0, "y": 1.0, "z": 0.0}, resamples=20_000, seed=3)
+    assert out["mean"] == pytest.approx(1 / 3) and (out["ci_low"], out["ci_high"]) == (0.0, 1.0)
+    assert out["prompts"] == 3
+    # A constant has a zero-width interval at its value (not at 0: the interval is of the mean, not of a difference).
+    c = mean_interval({f"p{i}": 0.7 for i in range(30)}, resamples=500)
+    assert (c["mean"], c["ci_low"], c["ci_high"]) == (pytest.approx(0.7),) * 3
+    # 0/1 values, 30 of 100: the half-width is close to 1.96 * sqrt(0.3 * 0.7 / 100) = 0.0898.
+    w = mean_interval({f"p{i}": float(i < 30) for i in range(100)})
+    assert (w["ci_high"] - w["ci_low"]) / 2 == pytest.approx(1.96 * math.sqrt(0.21 / 100), rel=0.1)

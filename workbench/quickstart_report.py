@@ -21,7 +21,10 @@ def _results(out: Path, name: str) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def _verdict(a: float, b: float, ci: dict, what: str, better: str, base: str) -> str:
+def _verdict(a: float, b: float, ci: dict | None, what: str, better: str, base: str) -> str:
+    if ci is None:
+        return (f"{better} vs {base}: {what} {b:.3f} vs {a:.3f}: not compared, the two evaluations cover different "
+                "prompts (rerun both on the same held-out set).")
     diff, lo, hi = ci["delta"], ci["ci_low"], ci["ci_high"]
     span = f"{b:.3f} vs {a:.3f} ({diff:+.3f}, paired 95% CI [{lo:+.3f}, {hi:+.3f}] over {ci['prompts']} prompts)"
     if not ci["excludes_zero"]:
@@ -30,12 +33,14 @@ def _verdict(a: float, b: float, ci: dict, what: str, better: str, base: str) ->
     return f"{better} vs {base}: {what} {span}: {better} {word} it."
 
 
-def _paired(a: dict[str, float], b: dict[str, float]) -> dict:
-    """b minus a, paired over the prompts both have (the same held-out set, so all of them)."""
+def _paired(a: dict[str, float], b: dict[str, float]) -> dict | None:
+    """b minus a, paired over the held-out prompts; None when the two evaluations cover different prompts (a
+    comparison on the common part would sit next to accuracies over all of them, so it is not made)."""
     from workbench_eval.stats import paired_bootstrap
 
-    common = sorted(set(a) & set(b))
-    return paired_bootstrap({p: [b[p]] for p in common}, {p: [a[p]] for p in common})
+    if not a or set(a) != set(b):
+        return None
+    return paired_bootstrap({p: [b[p]] for p in b}, {p: [a[p]] for p in a})
 
 
 def _interval(values: dict[str, float]) -> tuple[float, float]:
