@@ -325,34 +325,59 @@ def _train_summary(run_dir: Path) -> dict:
     return {"logged_steps": len(steps), "first": first, "last": last}
 
 
-def run_unit(unit: Unit, work: Path, settings: dict, prompt_hashes: dict, log_dir: Path) -> dict:
+class _Clock:
+    """Each phase's wall time, kept in ``<unit>/timings.json`` across attempts. A phase that an earlier attempt
+    finished keeps that attempt's time (a rerun finds its run folder done and spends seconds on it); a phase killed
+    midway counts the attempt that finished it. An older record of the unit seeds the file, so a unit re-recorded
+    under a new config hash (same jobs, same folders) keeps the times its jobs took."""
+
+    def __init__(self, path: Path, earlier: dict):
+        self.path = path
+        self.t = json.loads(path.read_text()) if path.exists() else {k: v for k, v in earlier.items() if k != "total"}
+
+    def phase(self, name: str, done_before: bool, fn):
+        if done_before and self.t.get(name) is not None:
+            return fn()
+        t0 = time.perf_counter()
+        out = fn()
+        self.t[name] = time.perf_counter() - t0
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.t, indent=2))
+        os.replace(tmp, self.path)
+        return out
+
+    def totals(self) -> dict:
+        return {**self.t, "total": sum(v for v in self.t.values() if v is not None)}
+
+
+def run_unit(unit: Unit, work: Path, settings: dict, prompt_hashes: dict, log_dir: Path,
+             records: Path = UNIT_RECORDS) -> dict:
     folder = work / "units" / unit.name
     folder.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{unit.name}.log"
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    old = records / f"{unit.name}.json"
+    clock = _Clock(folder / "timings.json", json.loads(old.read_text())["results"]["timings_s"] if old.exists()
+                   else {})
     data, model, train = None, MODEL, None
-    if unit.method in ("dpo", "hypo"):
-        data = build_data(unit.seed, work, settings["data"], log)
-        timings["data"] = time.perf_counter() - t0
+    if unit.method in ("dpo", "hypo"):  # shared by the seed's units: the first one pays, later ones find it built
+        d = work / "data" / f"seed{unit.seed}"
+        built = all(_done(d / s) for s in ("rollouts", "verify", "pairs"))
+        data = clock.phase("data", built, lambda: build_data(unit.seed, work, settings["data"], log))
     if unit.method == "veripo":
-        model, train = run_veripo(unit, folder, work, settings, log)
+        model, train = clock.phase("train", _done(folder / "loop"), lambda: run_veripo(unit, folder, work, settings,
+                                                                                        log))
     else:
         tc = train_config(unit, data["path"] if data else "", folder / "train", work)
         if tc is not None:
-            t1 = time.perf_counter()
-            run_job(tc[0], tc[1], folder, log)
-            timings["train"] = time.perf_counter() - t1
+            clock.phase("train", _done(folder / "train"), lambda: run_job(tc[0], tc[1], folder, log))
             model, train = str(folder / "train" / "model"), _train_summary(folder / "train")
     outcomes = {}
     for name, cfg in eval_configs(model, folder, unit.seed, settings["eval"], work).items():
-        t1 = time.perf_counter()
-        run_job("eval_reasoning", cfg, folder, log)
-        timings[f"eval_{name}"] = time.perf_counter() - t1
+        clock.phase(f"eval_{name}", _done(folder / name), lambda: run_job("eval_reasoning", cfg, folder, log))
         outcomes[name] = _outcomes(folder / name)
-    timings["total"] = time.perf_counter() - t0
     return {"unit": unit.name, "method": unit.method, "label": unit.label, "setting": unit.setting, "seed": unit.seed,
-            "priority": unit.priority, "data": data, "train": train, "timings_s": timings, "outcomes": outcomes}
+            "priority": unit.priority, "data": data, "train": train, "timings_s": clock.totals(),
+            "outcomes": outcomes}
 
 
 def _outcomes(run_dir: Path) -> dict:
@@ -449,7 +474,7 @@ def run(args) -> int:
             break
         print(f"[policy_quality] {u.name}: running (about {u.estimate_min} min)", file=sys.stderr, flush=True)
         started = begin()
-        result = run_unit(u, work, settings, hashes, log_dir)
+        result = run_unit(u, work, settings, hashes, log_dir, UNIT_RECORDS if not quick else work / "records")
         _check_data(u, result, quick)
         payload = {"title": f"policy quality unit {u.name}", "config_hash": chash, "settings": settings,
                    "prompt_sha256": hashes, "results": result}

@@ -274,3 +274,18 @@ def test_the_error_bars_are_the_interval_lengths_by_hand(tmp_path, monkeypatch):
     assert xd == pytest.approx(1.96 * 0.01 / math.sqrt(2)) and xu == pytest.approx(xd)
     (yd,), (yu,) = k["yerr"]
     assert yd == pytest.approx(0.3 - c["ci_low"]) and yu == pytest.approx(c["ci_high"] - 0.3)
+
+
+def test_a_phase_finished_by_an_earlier_attempt_keeps_that_attempts_time(tmp_path):
+    clock = pq._Clock(tmp_path / "timings.json", {"eval_greedy": 90.0, "total": 90.0})
+    calls = []
+    clock.phase("eval_greedy", True, lambda: calls.append("greedy"))  # done before, time known: kept
+    clock.phase("eval_sampled", True, lambda: calls.append("sampled"))  # done, but no time known: measured
+    clock.phase("train", False, lambda: calls.append("train"))
+    assert calls == ["greedy", "sampled", "train"]  # every phase still runs (a done job returns at once)
+    t = clock.totals()
+    assert t["eval_greedy"] == 90.0 and 0 <= t["eval_sampled"] < 5 and 0 <= t["train"] < 5
+    assert t["total"] == pytest.approx(90.0 + t["eval_sampled"] + t["train"])
+    # a new attempt reads the file, not the earlier record
+    again = pq._Clock(tmp_path / "timings.json", {"eval_greedy": 1.0})
+    assert again.t["eval_greedy"] == 90.0 and "total" not in again.t
