@@ -1,7 +1,8 @@
 """`workbench report RUN_DIR [RUN_DIR ...]`: runs side by side, as a markdown table and PNG plots.
 
 * every run with a ``results.json`` contributes a row of metrics (and says which model, data, split and commit made
-  each number); ``metric_bars.png`` draws each metric across runs;
+  each number); ``metric_bars.png`` draws each metric across runs, with its 95% interval where the run has the
+  per-query values (a bootstrap over queries) or a standard error;
 * every run with training logs in ``metrics.jsonl`` contributes curves (``training_curves.png``: loss, rewards,
   margins, kl/online ... against the step);
 * rows logged with an ``iteration`` key (the iterative loop) are plotted against the iteration
@@ -80,6 +81,19 @@ def render(runs: list[dict], plots: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _error_bar(results: dict, metric: str) -> tuple[float, float]:
+    """A bar's 95% interval as (down, up) lengths: the bootstrap over the run's queries (prompts) when every one of
+    them has the metric, 1.96 s.e. for a metric reported with its s.e. (the KL), else none (0, 0)."""
+    per = results.get("per_query") or {}
+    if per and all(metric in v for v in per.values()):
+        from workbench_eval.stats import mean_interval
+
+        ci = mean_interval({q: float(v[metric]) for q, v in per.items()})
+        return ci["mean"] - ci["ci_low"], ci["ci_high"] - ci["mean"]
+    se = results.get("metrics", {}).get(f"{metric}_se")
+    return (1.96 * se, 1.96 * se) if isinstance(se, (int, float)) else (0.0, 0.0)
+
+
 def plot(runs: list[dict], out: Path) -> list[str]:
     import matplotlib
 
@@ -96,7 +110,9 @@ def plot(runs: list[dict], out: Path) -> list[str]:
         fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
         for ax, n in zip(axes[0], names):
             vals = [r["results"]["metrics"].get(n, 0.0) for r in evals]
-            ax.bar(range(len(evals)), vals, color=[f"C{i}" for i in range(len(evals))])
+            errs = [_error_bar(r["results"], n) for r in evals]
+            yerr = [[e[0] for e in errs], [e[1] for e in errs]] if any(e != (0.0, 0.0) for e in errs) else None
+            ax.bar(range(len(evals)), vals, yerr=yerr, capsize=3, color=[f"C{i}" for i in range(len(evals))])
             ax.set_xticks(range(len(evals)), [r["name"] for r in evals], rotation=30, ha="right", fontsize=7)
             ax.set_title(n, fontsize=9)
             for i, v in enumerate(vals):

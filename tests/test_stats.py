@@ -138,3 +138,16 @@ def test_mean_interval_by_enumeration_and_by_hand():
     # 0/1 values, 30 of 100: the half-width is close to 1.96 * sqrt(0.3 * 0.7 / 100) = 0.0898.
     w = mean_interval({f"p{i}": float(i < 30) for i in range(100)})
     assert (w["ci_high"] - w["ci_low"]) / 2 == pytest.approx(1.96 * math.sqrt(0.21 / 100), rel=0.1)
+
+
+def test_report_bars_carry_the_bootstrap_interval_of_each_run(tmp_path, monkeypatch):
+    """`workbench report` metric bars: a run with per-query values gets its 95% interval over queries; a metric with
+    an s.e. gets 1.96 s.e.; a metric with neither gets no bar."""
+    from workbench_eval import compare
+
+    per = {f"q{i}": {"accuracy": float(i < 30)} for i in range(100)}  # 0.3 over 100 queries: about +-0.09
+    err = compare._error_bar({"per_query": per, "metrics": {"kl_to_ref_se": 0.05}}, "accuracy")
+    assert 0.06 < err[0] < 0.12 and 0.06 < err[1] < 0.12
+    assert compare._error_bar({"per_query": per, "metrics": {"kl_to_ref_se": 0.05}}, "kl_to_ref") == \
+        (pytest.approx(0.098), pytest.approx(0.098))
+    assert compare._error_bar({"per_query": per, "metrics": {}}, "mean_length") == (0.0, 0.0)
