@@ -245,3 +245,13 @@ def test_a_shard_never_exists_without_its_digest(tmp_path, made):
     assert not (out / "verdicts" / "manifest.json").exists()
     run_to_end(args)
     run_cli("check", out)
+
+
+def test_snapshots_compare_rows_exactly_but_for_the_last_bits_of_a_logprob():
+    from killing import assert_same
+
+    row = {"completion_token_ids": [4, 5], "completion": "ab", "logprob": -99.16142606}
+    assert_same({"s.parquet": [row]}, {"s.parquet": [{**row, "logprob": -99.16142702}]}, "float32 noise")
+    for changed in ({"logprob": -99.17}, {"completion_token_ids": [4, 6]}, {"completion": "ac"}):
+        with pytest.raises(AssertionError, match="row 0 differs"):
+            assert_same({"s.parquet": [row]}, {"s.parquet": [{**row, **changed}]}, "a real difference")
