@@ -696,7 +696,7 @@ def report_from(folder: Path, out_dir: Path, record_name: str | None) -> dict:
         st, minutes = _state(u, config_hash(u, settings, hashes)) if folder == UNIT_RECORDS else ("-", 0)
         plan_rows.append([u.name, u.priority, st, round(minutes, 1)])
     payload = {
-        "title": "Policy quality: SmolLM2-135M trained with DPO, HyPO and GRPO on verified reasoning-gym products",
+        "title": "Policy quality: SmolLM2-135M trained with DPO, HyPO and GRPO on verified reasoning-gym sums",
         "tables": [
             {"title": "Per method (seeds pooled); deltas are paired over held-out prompts, 95% cluster-bootstrap CIs",
              "columns": ["method", "seeds", "greedy acc", "sd over seeds", "greedy minus base [95% CI]",
