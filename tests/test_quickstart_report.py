@@ -122,3 +122,18 @@ def test_a_comparison_on_different_prompts_is_not_silently_intersected(out, monk
         return
     dpo = next(line for line in text.splitlines() if line.startswith("- DPO vs base"))
     assert "different prompts" in dpo and "improved" not in dpo, dpo  # saying so, and no verdict, is the other
+
+
+def test_the_report_says_it_is_demo_sized_and_quotes_the_benchmark_record(out, monkeypatch, tmp_path_factory):
+    monkeypatch.setattr(quickstart_report, "_bars", lambda *a, **k: None)
+    record = tmp_path_factory.mktemp("rec") / "policy_quality.json"
+    monkeypatch.setattr(quickstart_report, "POLICY_RECORD", record)
+    text = quickstart_report.write_report(out, [], {}).read_text()
+    assert "demo-sized (100 held-out prompts, one seed)" in text and "At benchmark size" not in text
+    record.write_text(json.dumps({"started": "2026-12-08T05:09:15", "git": {"commit": "857ce27abc"}, "notes": [
+        "DPO b=0.1 vs base, greedy held-out accuracy: +0.284 [+0.222, +0.344] over 320 prompts: beats base.",
+        "Plots: a.png"]}))
+    text = quickstart_report.write_report(out, [], {}).read_text()
+    assert "(2026-12-08, commit 857ce27abc) records:" in text
+    assert "  - DPO b=0.1 vs base, greedy held-out accuracy: +0.284 [+0.222, +0.344]" in text
+    assert "Plots: a.png" not in text
