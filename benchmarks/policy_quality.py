@@ -12,6 +12,11 @@ priority order and skips a unit whose record exists with the same config hash, s
 unit in progress, and each job inside a unit resumes from its own shards and checkpoints. ``--commit`` commits each
 record as soon as it is written.
 
+Run nothing else beside a unit: on 2 cores a test run next to DPO training made its steps 5x slower (OMP threads
+spin-waiting), and the unit's minutes, which the plan is budgeted by, then mean nothing. Each job runs as a child
+process; start the driver with ``setsid`` and stop it with ``kill -- -<pgid>`` so that its current job stops too
+(a job killed anywhere resumes on the next ``run``).
+
 The task, chosen after measuring the base model (4 samples at T=0.7, 64 tokens, 100 prompts each, on a 2-core
 AVX2 EPYC): products with 1-2 digit factors 13.8%; basic_arithmetic with two 1-2 digit terms and + - * / 10.8%;
 + and - only 18.8%, or 20.5% with ``TEMPLATE``; + only is the one inside the issue's 20-60% band:
