@@ -86,10 +86,9 @@ def _error_bar(results: dict, metric: str) -> tuple[float, float]:
     them has the metric, 1.96 s.e. for a metric reported with its s.e. (the KL), else none (0, 0)."""
     per = results.get("per_query") or {}
     if per and all(metric in v for v in per.values()):
-        from workbench_eval.stats import mean_interval
+        from workbench_eval.stats import error_bar
 
-        ci = mean_interval({q: float(v[metric]) for q, v in per.items()})
-        return ci["mean"] - ci["ci_low"], ci["ci_high"] - ci["mean"]
+        return error_bar({q: float(v[metric]) for q, v in per.items()})
     se = results.get("metrics", {}).get(f"{metric}_se")
     return (1.96 * se, 1.96 * se) if isinstance(se, (int, float)) else (0.0, 0.0)
 

@@ -107,3 +107,11 @@ def mean_interval(values: Mapping[str, float], resamples: int = 10_000, seed: in
     out = paired_bootstrap({p: [float(v)] for p, v in values.items()}, zero, resamples, seed, level)
     return {"mean": out["delta"], "ci_low": out["ci_low"], "ci_high": out["ci_high"], "se": out["se"],
             "prompts": out["prompts"]}
+
+
+def error_bar(values: Mapping[str, float]) -> tuple[float, float]:
+    """A bar's (down, up) error lengths: the 95% bootstrap interval of its mean over prompts; (0, 0) for no values."""
+    if not values:
+        return 0.0, 0.0
+    ci = mean_interval(values)
+    return ci["mean"] - ci["ci_low"], ci["ci_high"] - ci["mean"]

@@ -47,12 +47,9 @@ def _paired(a: dict[str, float], b: dict[str, float]) -> dict | None:
 
 def _interval(values: dict[str, float]) -> tuple[float, float]:
     """(down, up) error-bar lengths: the 95% bootstrap interval of the mean over prompts."""
-    from workbench_eval.stats import mean_interval
+    from workbench_eval.stats import error_bar
 
-    if not values:
-        return 0.0, 0.0
-    ci = mean_interval(values)
-    return ci["mean"] - ci["ci_low"], ci["ci_high"] - ci["mean"]
+    return error_bar(values)
 
 
 def _bars(path: Path, labels: list[str], series: dict[str, list[float]], title: str,
